@@ -1,0 +1,46 @@
+# fdu: two commands on a new machine.  `make figures` (the main job) and `make test`.
+# Both create a local virtual environment (.venv) with the pinned versions first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+EXECUTED  := notebooks/executed
+
+.PHONY: install test figures paper bench clean help
+
+help:
+	@echo "make figures   run every notebook with papermill: figures/ and paper/results/, then paper/"
+	@echo "make test      unit tests + every notebook in quick mode"
+	@echo "make paper     rebuild paper/REPRODUCTION.md from paper/results/*.json"
+	@echo "make bench     benchmarks (speed of the losses, wall time of make test / figures)"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[notebooks,test]"
+	touch $(STAMP)
+
+test: install
+	HF_HUB_OFFLINE=1 MPLBACKEND=Agg $(PY) -m pytest
+
+figures: install
+	@mkdir -p $(EXECUTED)
+	@set -e; for nb in $(NOTEBOOKS); do \
+		echo "== papermill $$nb"; \
+		HF_HUB_OFFLINE=1 MPLBACKEND=Agg $(PY) -m papermill --log-level WARNING -k python3 \
+			--cwd notebooks $$nb $(EXECUTED)/$$(basename $$nb); \
+	done
+	$(MAKE) paper
+
+paper: install
+	$(PY) -m fdu.report
+
+bench: install
+	$(PY) benchmarks/bench_losses.py
+	$(PY) benchmarks/bench_pipeline.py
+
+clean:
+	rm -rf $(EXECUTED) .pytest_cache

@@ -74,6 +74,7 @@ class Divergence:
     exp_rate: float = 0.0        # closed form grows like exp(exp_rate * delta2): overflow guard
     upper_bound: Optional[float] = None           # sup over delta2 of D_f (None: unbounded)
     smooth: bool = True                           # f twice differentiable at 1
+    f2_expr: Optional[Expr] = None                # f''(u), optional (else autograd): speeds quadrature
     alpha: Optional[float] = None
     description: str = ""
     aliases: tuple = field(default=())
@@ -198,6 +199,7 @@ _ENTRIES = [
         activation_expr=lambda v, o: o.LOG2 - o.softplus(-v),
         conj_activation_expr=lambda v, o: o.softplus(v) - o.LOG2,
         closed_form_expr=None,  # no elementary closed form: Gauss-Hermite quadrature
+        f2_expr=lambda u, o: 1 / (u * (1 + u)),
         conjugate_domain=(-math.inf, math.log(2.0)), upper_bound=2 * math.log(2.0),
         description="Jensen-Shannon (f-GAN scale, twice the usual JSD)", aliases=("js", "jsd")),
     Divergence(

@@ -56,10 +56,14 @@ def _quadrature_value(div: Divergence, delta2: torch.Tensor) -> torch.Tensor:
 def _quadrature_slope(div: Divergence, delta2: torch.Tensor) -> torch.Tensor:
     """dD/d delta2 = 1/2 E_Q[r^2 f''(r)], with r^2 folded into the log-weight."""
     def h(dy, lw):
-        r = torch.exp(dy).requires_grad_(True)
-        with torch.enable_grad():
-            (f1,) = torch.autograd.grad(div.f(r).sum(), r, create_graph=True)
-            (f2,) = torch.autograd.grad(f1.sum(), r)
+        r = torch.exp(dy)
+        if div.f2_expr is not None:
+            f2 = div.f2_expr(r, TORCH)
+        else:
+            r.requires_grad_(True)
+            with torch.enable_grad():
+                (f1,) = torch.autograd.grad(div.f(r).sum(), r, create_graph=True)
+                (f2,) = torch.autograd.grad(f1.sum(), r)
         return 0.5 * torch.exp(lw + 2 * dy) * f2
     return _midpoint_expectation(div, delta2, h)
 

@@ -40,9 +40,11 @@ denoiser's backward pass accumulate into the critic's gradients; see paper.md se
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 
 from .divergences import get_divergence
 from .gaussian import evaluate_divergence
@@ -77,11 +79,8 @@ def _per_sample(value, batch: int, name: str, positive: bool) -> torch.Tensor | 
 def _spatial_mask(mask: Optional[torch.Tensor], pred: torch.Tensor):
     """Return (mask broadcastable to pred or None, number of counted spatial positions per sample)."""
     spatial = pred.shape[2:]
-    n_positions = 1
-    for s in spatial:
-        n_positions *= s
     if mask is None:
-        return None, torch.full((pred.shape[0],), float(n_positions), device=pred.device)
+        return None, math.prod(spatial)
     b, c = pred.shape[:2]
     if mask.shape == pred.shape:
         return mask, mask.reshape(b, -1).sum(1) / c
@@ -100,11 +99,13 @@ def squared_distance(pred, target, *, mask=None, normalization: str = "mean") ->
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     mask, n_positions = _spatial_mask(mask, pred)
-    sq = (pred - target.detach()) ** 2
+    sq = F.mse_loss(pred, target.detach(), reduction="none")  # one fused kernel each way
     if mask is not None:
         sq = sq * mask.to(sq.dtype)
-    m = sq.reshape(sq.shape[0], -1).sum(1)
+    m = sq.flatten(1).sum(1)
     if normalization == "mean":
+        if isinstance(n_positions, int):
+            return m / n_positions
         m = m / n_positions.clamp(min=1).to(m.dtype)  # an all-zero mask contributes 0, not NaN
     return m
 

@@ -197,7 +197,7 @@ def registry_table(names=("kl", "reverse_kl", "jeffreys", "squared_hellinger", "
     for div in divs:
         conj = div.conjugate_expr(t, SYMPY) if div.conjugate_expr else derive_conjugate(div)
         closed = (div.closed_form_expr(delta2, SYMPY) if div.closed_form_expr else None)
-        rows.append(dict(name=div.name, f=f_expr(div), conjugate=conj,
+        rows.append(dict(name=div.name, divergence=div, f=f_expr(div), conjugate=conj,
                          activation=div.activation_expr(v, SYMPY), f2_at_1=div.f2_at_1,
                          closed_form=closed))
     return rows
@@ -208,3 +208,36 @@ def is_positive_function(expr, var=delta2, grid=None) -> bool:
     grid = grid or [10 ** k for k in range(-4, 3)]
     fn = sp.lambdify(var, expr, "mpmath")
     return all(fn(mp.mpf(x)) > 0 for x in grid if math.isfinite(x))
+
+
+def _interval(lo, hi, closed):
+    a = "-\\infty" if math.isinf(lo) else f"{sp.latex(sp.nsimplify(lo, [sp.log(2)]))}"
+    b = "\\infty" if math.isinf(hi) else f"{sp.latex(sp.nsimplify(hi, [sp.log(2)]))}"
+    left = "[" if closed and math.isfinite(lo) else "("
+    right = "]" if closed and math.isfinite(hi) else ")"
+    return f"${left}{a}, {b}{right}$"
+
+
+def registry_markdown(rows=None) -> str:
+    """The registry as a markdown table with LaTeX cells (f, f*, dom f*, g_f, f''(1), D_f)."""
+    rows = rows or registry_table()
+    names = {delta2: "\\delta^2"}
+
+    def tex(e):
+        if e is None:
+            return "—"
+        return f"${sp.latex(sp.nsimplify(e, rational=True), symbol_names=names)}$"
+
+    lines = ["| name | $f(u)$ | $f^*(t)$ | dom $f^*$ | $g_f(v)$ | $f''(1)$ | $D_f(\\delta^2)$ |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        div = r["divergence"]
+        f2 = "$\\infty$ (kink)" if math.isinf(r["f2_at_1"]) else f"{r['f2_at_1']:g}"
+        conj = r["conjugate"]
+        conj_text = "Lambert W (solved numerically)" if conj is not None and conj.has(sp.LambertW) \
+            else tex(conj)
+        closed = tex(r["closed_form"]) if r["closed_form"] is not None else "quadrature"
+        dom = _interval(*div.conjugate_domain, div.domain_closed)
+        lines.append(f"| `{r['name']}` | {tex(r['f'])} | {conj_text} | {dom} | "
+                     f"{tex(r['activation'])} | {f2} | {closed} |")
+    return "\n".join(lines)

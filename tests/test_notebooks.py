@@ -1,0 +1,39 @@
+"""Every notebook runs under papermill in quick mode, and the committed notebooks are clean."""
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebook_has_no_outputs_and_a_parameters_cell(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+    params = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1 and "quick" in "".join(params[0]["source"])
+    first = "".join(nb["cells"][0]["source"])
+    assert "What you will learn" in first and "How long it takes" in first
+    assert "Exercises" in "".join(nb["cells"][-1]["source"])
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_in_quick_mode(path, tmp_path, monkeypatch):
+    import papermill
+
+    monkeypatch.setenv("FDU_FIGURES_DIR", str(tmp_path / "figures"))
+    monkeypatch.setenv("FDU_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    papermill.execute_notebook(str(path), str(tmp_path / path.name), parameters={"quick": True},
+                               kernel_name="python3", cwd=str(path.parent), progress_bar=False)
+    assert list((tmp_path / "figures").glob("*.png")), "the notebook saved no figure"
+    result = json.loads((tmp_path / "results" / f"{path.stem}.json").read_text())
+    assert result["parameters"]["quick"] is True and result["results"]

@@ -1,0 +1,63 @@
+"""Project promises: the conda file matches pyproject, the report builds, the pins are exact."""
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_names_the_same_packages_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(r) for r in project["dependencies"]}
+    for extra in ("notebooks", "test"):
+        wanted |= {_name(r) for r in project["optional-dependencies"][extra]}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    listed = {_name(r) for r in pip_section if not r.startswith("-")}
+    assert listed == wanted
+    assert "-c constraints.txt" in pip_section
+
+
+def test_constraints_pin_every_dependency_exactly_and_torch_without_a_local_tag():
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for req in project["dependencies"]:
+        assert _name(req) in pins, req
+    assert "+" not in pins["torch"]
+
+
+def test_report_builds_from_results(tmp_path):
+    from fdu.report import CLAIMS, build
+
+    text = build(tmp_path)  # no results yet: every row says so, none is invented
+    assert text.count("\n| ") == len(CLAIMS) + 1
+    assert "| reproduced |" not in text
+
+
+def test_report_fills_claims_from_results_and_can_say_contradicted(tmp_path):
+    import json
+    import shutil
+
+    from fdu.report import NB01, build
+
+    src = ROOT / "paper" / "results" / f"{NB01}.json"
+    shutil.copy(src, tmp_path / src.name)
+    text = build(tmp_path)
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    for claim in ("| 1", "| 2", "| 13"):
+        assert rows[claim].endswith("| reproduced |")
+    data = json.loads(src.read_text())
+    data["results"]["official_match"]["mse"]["max_grad_diff"] = 1.0  # as if our MSE differed
+    (tmp_path / src.name).write_text(json.dumps(data))
+    rows = {line.split(" | ")[0]: line for line in build(tmp_path).splitlines() if line.startswith("| ")}
+    assert rows["| 1"].endswith("| contradicted |")

@@ -10,8 +10,6 @@ STYLE = {
     "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8,
     "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
     "pdf.fonttype": 42,
-    # PDFs and PNGs without timestamps, so reruns give identical files
-    "svg.hashsalt": "fdu",
 }
 
 #: one colour per divergence, the same in every notebook

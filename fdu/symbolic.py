@@ -203,13 +203,6 @@ def registry_table(names=("kl", "reverse_kl", "jeffreys", "squared_hellinger", "
     return rows
 
 
-def is_positive_function(expr, var=delta2, grid=None) -> bool:
-    """Numerical check that ``expr`` > 0 on a grid of ``var`` (used for dD/d delta2 > 0)."""
-    grid = grid or [10 ** k for k in range(-4, 3)]
-    fn = sp.lambdify(var, expr, "mpmath")
-    return all(fn(mp.mpf(x)) > 0 for x in grid if math.isfinite(x))
-
-
 def _interval(lo, hi, closed):
     a = "-\\infty" if math.isinf(lo) else f"{sp.latex(sp.nsimplify(lo, [sp.log(2)]))}"
     b = "\\infty" if math.isinf(hi) else f"{sp.latex(sp.nsimplify(hi, [sp.log(2)]))}"

@@ -11,7 +11,7 @@ import torch
 
 from . import symbolic
 from .divergences import alpha_divergence, get_divergence
-from .gaussian import QUADRATURE_MAX_DELTA2, gaussian_divergence
+from .gaussian import gaussian_divergence
 from .losses import closed_form_loss
 
 CLOSED_FORM_NAMES = ("kl", "reverse_kl", "jeffreys", "squared_hellinger", "pearson_chi2",
@@ -121,7 +121,3 @@ def minimiser_check(names=ALL_NAMES, alphas=(0.3, 0.5, 2.0)):
         out[div.name] = {"loss_at_minimum": float(loss.detach()), "grad_is_finite": bool(torch.isfinite(g).all()),
                          "max_abs_grad": float(g.abs().max()), "loss_nearby": float(bumped)}
     return out
-
-
-def quadrature_limits():
-    return {"max_delta2": QUADRATURE_MAX_DELTA2}

@@ -39,7 +39,7 @@ def _nodes(n: int = NUM_NODES):
     return torch.tensor(y, dtype=torch.float64), torch.tensor(log_w, dtype=torch.float64)
 
 
-def _midpoint_expectation(div: Divergence, delta2: torch.Tensor, h) -> torch.Tensor:
+def _midpoint_expectation(delta2: torch.Tensor, h) -> torch.Tensor:
     """E_Q[h(r, f)] for a batch of delta2 (float64), with h given r and log-weights."""
     y, log_w = _nodes()
     delta = torch.sqrt(delta2).unsqueeze(-1)
@@ -50,7 +50,7 @@ def _midpoint_expectation(div: Divergence, delta2: torch.Tensor, h) -> torch.Ten
 
 def _quadrature_value(div: Divergence, delta2: torch.Tensor) -> torch.Tensor:
     return _midpoint_expectation(
-        div, delta2, lambda dy, lw: torch.exp(lw) * div.f(torch.exp(dy)))
+        delta2, lambda dy, lw: torch.exp(lw) * div.f(torch.exp(dy)))
 
 
 def _quadrature_slope(div: Divergence, delta2: torch.Tensor) -> torch.Tensor:
@@ -65,7 +65,7 @@ def _quadrature_slope(div: Divergence, delta2: torch.Tensor) -> torch.Tensor:
                 (f1,) = torch.autograd.grad(div.f(r).sum(), r, create_graph=True)
                 (f2,) = torch.autograd.grad(f1.sum(), r)
         return 0.5 * torch.exp(lw + 2 * dy) * f2
-    return _midpoint_expectation(div, delta2, h)
+    return _midpoint_expectation(delta2, h)
 
 
 class _Quadrature(torch.autograd.Function):

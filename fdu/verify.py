@@ -56,6 +56,22 @@ def quadrature_vs_closed_form(names=CLOSED_FORM_NAMES, alphas=(-1.0, 0.3, 0.5, 2
     return out
 
 
+def conjugate_derivation_check(names=ALL_NAMES, points: int = 5):
+    """Max |Legendre-derived f* - registry f*| at points inside each domain (closed-form f* only)."""
+    out = {}
+    for name in names:
+        div = get_divergence(name)
+        derived = symbolic.derive_conjugate(div) if div.smooth else None
+        if derived is None or div.conjugate_expr is None:
+            continue
+        lo, hi = max(div.conjugate_domain[0], -3), min(div.conjugate_domain[1], 3)
+        ts = torch.linspace(lo, hi, points + 2, dtype=torch.float64)[1:-1]
+        exact = div.conjugate(ts)
+        out[name] = max(abs(complex(derived.subs(symbolic.t, float(x))).real - float(e))
+                        for x, e in zip(ts, exact))
+    return out
+
+
 def slope_identity(names=ALL_NAMES, grid=(0.01, 1.0, 10.0)):
     """dD/d delta2: finite difference vs 1/2 E_Q[r^2 f''(r)] (our derivation); smooth f only."""
     out = {}

@@ -1,0 +1,383 @@
+"""How the choice of f changes the optimisation (notebooks 02 and 03).
+
+Gradient weights (closed-form losses)
+-------------------------------------
+Every closed-form loss is a function D_f(delta2) of delta2 = ||pred - target||^2 / sigma^2, so its
+gradient is dD_f/d(delta2) * 2 (pred - target) / sigma^2: the KL/MSE gradient times the per-sample
+weight
+
+    w_f(delta2) = (dD_f/d delta2) / (dD_KL/d delta2) = 2 dD_f/d delta2,
+
+which is f''(1) at delta2 = 0 and, for the alpha family, exp(-alpha (1 - alpha) delta2 / 2) (our
+derivation, paper.md section 2.3 [DER]). :func:`gradient_weight` computes it by autograd through
+the registry, :func:`symbolic_gradient_weight` by sympy, :func:`loss_gradient_weight` through
+:func:`fdu.losses.closed_form_loss`; :func:`descend` runs plain gradient descent on a toy.
+
+The min-max game (variational losses)
+-------------------------------------
+P = N(mu, s^2) is the anchor, Q_theta = N(theta, s^2) the model, and the critic
+V_omega(x) = omega . phi(x) with phi(x) = (1, x) ("linear") or (1, x, x^2) ("quadratic"). With
+T = g_f(V) the value is U(theta, omega) = E_P[T] - E_Q[f*(T)]; theta descends, omega ascends.
+At the equilibrium theta = mu, V = v* with g_f(v*) = f'(1), the Jacobian of the simultaneous
+field (-dU/dtheta, dU/domega) is (our reconstruction, paper.md section 3.4 [DER])
+
+    J = [[0, g' b^T], [-g' b, -(g'^2 / f''(1)) M]],   M = E_P[phi phi^T],  b = E_P[phi'(x)],
+
+with g' = g_f'(v*). :class:`Game` computes it three ways (:func:`symbolic_jacobian` by sympy,
+:meth:`Game.jacobian` by autograd, :func:`jacobian_formula` from the formula above), predicts the
+linear rate of gradient descent-ascent from it (:func:`predicted_rate`) and simulates the game with
+exact expectations (Gauss-Hermite) or finite batches (:meth:`Game.simulate`).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import scipy.optimize
+import sympy as sp
+import torch
+
+from .divergences import Divergence, get_divergence
+from .gaussian import evaluate_divergence
+from .losses import closed_form_loss
+
+# --- gradient weights -----------------------------------------------------------------------------
+
+
+def gradient_weight(divergence, delta2, alpha=None, method: str = "auto") -> np.ndarray:
+    """w_f(delta2) = 2 dD_f/d delta2 (KL/MSE has weight 1), by autograd in float64."""
+    div = get_divergence(divergence, alpha)
+    d2 = torch.as_tensor(np.asarray(delta2, dtype=float), dtype=torch.float64).requires_grad_(True)
+    (slope,) = torch.autograd.grad(evaluate_divergence(div, d2, method).sum(), d2)
+    return 2 * slope.numpy()
+
+
+def symbolic_gradient_weight(divergence, alpha=None):
+    """w_f(delta2) as a sympy expression, from the closed form that sympy derives from f alone.
+
+    ``divergence="alpha"`` with ``alpha=None`` gives the family's weight with alpha symbolic.
+    Returns ``None`` where f has no elementary closed form (Jensen-Shannon).
+    """
+    from . import symbolic
+
+    if divergence == "alpha" and alpha is None:
+        d = symbolic.alpha_family_closed_form()[1]
+    else:
+        d = symbolic.derive_gaussian_closed_form(get_divergence(divergence, alpha))
+    return None if d is None else sp.simplify(2 * sp.diff(d, symbolic.delta2))
+
+
+def loss_gradient_weight(divergence, delta2: float, *, sigma: float = 1.0, alpha=None,
+                         dim: int = 8, seed: int = 0) -> float:
+    """The same weight measured on the loss a user trains with: the gradient of
+    ``closed_form_loss(pred, target, f)`` divided by that of ``closed_form_loss(..., "kl")``
+    at a random (pred, target) pair with ||pred - target||^2 / sigma^2 = delta2."""
+    g = torch.Generator().manual_seed(seed)
+    direction = torch.randn(1, dim, generator=g, dtype=torch.float64)
+    target = torch.randn(1, dim, generator=g, dtype=torch.float64)
+    pred0 = target + direction / direction.norm() * math.sqrt(delta2) * sigma
+    grads = []
+    for name, a in ((divergence, alpha), ("kl", None)):
+        pred = pred0.clone().requires_grad_(True)
+        loss = closed_form_loss(pred, target, name, alpha=a, sigma=sigma, normalization="sum")
+        (grad,) = torch.autograd.grad(loss, pred)
+        grads.append(grad)
+    return float((grads[0] * grads[1]).sum() / (grads[1] * grads[1]).sum())
+
+
+def matched_learning_rate(divergence, lr: float, alpha=None) -> float:
+    """The learning rate that gives f the same curvature step as KL at delta = 0: lr / f''(1)."""
+    div = get_divergence(divergence, alpha)
+    if not math.isfinite(div.f2_at_1):
+        raise ValueError(f"{div.name} has f''(1) = inf (a kink at 1): no curvature to match")
+    return lr / div.f2_at_1
+
+
+def descend(divergence, anchors, start, *, lr: float, steps: int, sigma: float = 1.0, alpha=None,
+            tol: float = 1e-3, reference=None) -> dict:
+    """Gradient descent of one shared theta in R^d on mean_i D_f(||theta - y_i||^2 / sigma^2).
+
+    ``anchors``: (n, d) targets y_i (n = 1: a mean pulled towards one anchor; n > 1 with a few far
+    samples: the outlier toy). Distances are measured to ``reference`` (default: the anchors'
+    mean). Returns the path of theta, its distances to ``reference``, the gradient L2 norms, the
+    first iteration with distance < tol (None if never, or if the run diverged) and ``diverged``
+    (True if the loss overflowed or went non-finite, which stops the run).
+    """
+    y = torch.as_tensor(np.asarray(anchors, dtype=float), dtype=torch.float64)
+    ref = y.mean(0) if reference is None else torch.as_tensor(reference, dtype=torch.float64)
+    theta = torch.as_tensor(np.asarray(start, dtype=float), dtype=torch.float64).clone()
+    path, gnorm, diverged = [theta.numpy().copy()], [], False
+    for _ in range(steps):
+        theta.requires_grad_(True)
+        try:
+            loss = closed_form_loss(theta.expand_as(y), y, divergence, alpha=alpha, sigma=sigma,
+                                    normalization="sum")
+        except (ValueError, FloatingPointError):  # chi^2 beyond its float64 range, or inf inputs
+            diverged = True
+            break
+        (grad,) = torch.autograd.grad(loss, theta)
+        if not bool(torch.isfinite(grad).all()):
+            diverged = True
+            break
+        theta = (theta - lr * grad).detach()
+        gnorm.append(float(grad.norm()))
+        path.append(theta.numpy().copy())
+    path = np.array(path)
+    dist = np.linalg.norm(path - ref.numpy(), axis=1)
+    below = np.nonzero(dist < tol)[0]
+    return {"distance": dist, "grad_norm": np.array(gnorm), "path": path, "diverged": diverged,
+            "steps_to_tol": int(below[0]) if len(below) and not diverged else None}
+
+
+def official_delta2(rms: np.ndarray, *, channels: int = 4, positions: int = 64 * 64,
+                    sigma: float = 1.0, normalization: str = "mean") -> np.ndarray:
+    """delta2 seen by the loss when every element of a (channels, positions) output differs by
+    ``rms``: the official per-position mean gives channels rms^2 / sigma^2, the exact per-sample
+    norm ("sum") channels positions rms^2 / sigma^2 (a temperature sqrt(positions) lower)."""
+    n = channels * (positions if normalization == "sum" else 1)
+    return n * np.asarray(rms, dtype=float) ** 2 / sigma ** 2
+
+
+# --- the min-max game -------------------------------------------------------------------------------
+
+CRITICS = {"linear": 2, "quadratic": 3}
+
+
+def _features(x: torch.Tensor, critic: str) -> torch.Tensor:
+    cols = [torch.ones_like(x), x, x * x][: CRITICS[critic]]
+    return torch.stack(cols, -1)
+
+
+@functools.lru_cache(maxsize=8)
+def hermite_nodes(n: int = 64):
+    """Nodes and weights of E[h(Z)], Z ~ N(0, 1) (probabilists' Gauss-Hermite), float64 tensors."""
+    z, w = np.polynomial.hermite_e.hermegauss(n)
+    return torch.tensor(z), torch.tensor(w / w.sum())
+
+
+def equilibrium_logit(div: Divergence) -> float:
+    """v* with g_f(v*) = f'(1): the critic's logit when P = Q."""
+    target = div.f1_at_1
+
+    def gap(v):
+        return float(div.activation(torch.tensor(v, dtype=torch.float64))) - target
+
+    return float(scipy.optimize.brentq(gap, -30.0, 30.0, xtol=1e-15))
+
+
+def activation_slope(div: Divergence) -> float:
+    """g_f'(v*), the activation's slope at the equilibrium logit."""
+    v = torch.tensor(equilibrium_logit(div), dtype=torch.float64, requires_grad=True)
+    (g1,) = torch.autograd.grad(div.activation(v), v)
+    return float(g1)
+
+
+@dataclass(frozen=True)
+class Game:
+    """The variational f-divergence game between P = N(mu, s^2) and Q_theta = N(theta, s^2).
+
+    The state is z = (theta, omega_0, ..., omega_k) (a float64 numpy array or tensor).
+    """
+
+    divergence: str = "kl"
+    critic: str = "linear"
+    mu: float = 0.5
+    s: float = 1.0
+    nodes: int = 64
+    logit_scale: float = 1.0     # T = g_f(k V): k rescales the activation's slope g' at v*
+
+    def __post_init__(self):
+        if self.critic not in CRITICS:
+            raise ValueError(f"critic must be one of {sorted(CRITICS)}, got {self.critic!r}")
+        if not self.s > 0:
+            raise ValueError(f"s must be > 0, got {self.s}")
+        get_divergence(self.divergence)._require_variational()
+
+    @property
+    def div(self) -> Divergence:
+        return get_divergence(self.divergence)
+
+    @property
+    def dim(self) -> int:
+        return 1 + CRITICS[self.critic]
+
+    def equilibrium(self) -> np.ndarray:
+        z = np.zeros(self.dim)
+        z[0], z[1] = self.mu, equilibrium_logit(self.div) / self.logit_scale
+        return z
+
+    def value(self, z: torch.Tensor, zp=None, zq=None) -> torch.Tensor:
+        """U(theta, omega) with exact expectations (Gauss-Hermite) or, given standard normal
+        draws zp (for P) and zq (for Q), their sample means."""
+        theta, omega = z[0], z[1:]
+        if zp is None:
+            nodes, w = hermite_nodes(self.nodes)
+            zp, zq, wp, wq = nodes, nodes, w, w
+        else:
+            wp, wq = 1.0 / len(zp), 1.0 / len(zq)
+        vp = self.logit_scale * _features(self.mu + self.s * zp, self.critic) @ omega
+        vq = self.logit_scale * _features(theta + self.s * zq, self.critic) @ omega
+        return (wp * self.div.activation(vp)).sum() - (wq * self.div.conjugate_of_activation(vq)).sum()
+
+    def field(self, z, zp=None, zq=None) -> torch.Tensor:
+        """The simultaneous gradient descent-ascent field F(z) = (-dU/dtheta, +dU/domega)."""
+        z = torch.as_tensor(z, dtype=torch.float64)
+        sign = torch.ones(self.dim, dtype=torch.float64)
+        sign[0] = -1.0
+        if not z.requires_grad:
+            z = z.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.value(z, zp, zq), z)
+        else:
+            (grad,) = torch.autograd.grad(self.value(z, zp, zq), z, create_graph=True)
+        return sign * grad
+
+    def jacobian(self, z=None) -> np.ndarray:
+        """dF/dz at z (default: the equilibrium), by autograd through exact expectations."""
+        z0 = torch.as_tensor(self.equilibrium() if z is None else z, dtype=torch.float64)
+        jac = torch.autograd.functional.jacobian(lambda x: self.field(x.requires_grad_(True)), z0)
+        return jac.numpy()
+
+    def moments(self):
+        """M = E_P[phi phi^T] and b = E_P[phi'(x)] (exact, by Gauss-Hermite)."""
+        nodes, w = hermite_nodes(self.nodes)
+        x = self.mu + self.s * nodes
+        phi = _features(x, self.critic)
+        dphi = torch.stack([torch.zeros_like(x), torch.ones_like(x), 2 * x][: CRITICS[self.critic]], -1)
+        return (phi.T * w) @ phi, (w[:, None] * dphi).sum(0)
+
+    def formula_jacobian(self) -> np.ndarray:
+        m, b = self.moments()
+        g1 = self.logit_scale * activation_slope(self.div)
+        return jacobian_formula(self.div.f2_at_1, g1, m.numpy(), b.numpy())
+
+    def simulate(self, *, eta_theta: float, eta_omega: float, steps: int, start: np.ndarray,
+                 mode: str = "simultaneous", batch: Optional[int] = None, seed: int = 0,
+                 states: bool = False) -> np.ndarray:
+        """Run GDA from ``start``; return ||z_k - z*|| for k = 0..steps (or, with ``states``,
+        the iterates z_k themselves, shape (steps + 1, dim)).
+
+
+        ``mode``: "simultaneous" (both players use z_k) or "alternating" (theta first, then the
+        critic sees the new theta). ``batch``: None for exact expectations, else fresh standard
+        normal draws of that size from P and Q at every evaluation (seeded).
+        """
+        if mode not in ("simultaneous", "alternating"):
+            raise ValueError(f"mode must be 'simultaneous' or 'alternating', got {mode!r}")
+        gen = torch.Generator().manual_seed(seed)
+
+        def draws():
+            if batch is None:
+                return None, None
+            return (torch.randn(batch, generator=gen, dtype=torch.float64),
+                    torch.randn(batch, generator=gen, dtype=torch.float64))
+
+        eta = torch.full((self.dim,), float(eta_omega), dtype=torch.float64)
+        eta[0] = eta_theta
+        star = torch.as_tensor(self.equilibrium())
+        z = torch.as_tensor(np.asarray(start, dtype=float)).clone()
+        path = [z.clone()]
+        for _ in range(steps):
+            if mode == "simultaneous":
+                z = z + eta * self.field(z, *draws())
+            else:
+                z = z.clone()
+                z[0] = z[0] + eta[0] * self.field(z, *draws())[0]
+                z[1:] = z[1:] + eta[1:] * self.field(z, *draws())[1:]
+            path.append(z.detach().clone())
+            if not bool(torch.isfinite(z).all()):
+                break
+        path = torch.stack(path)
+        return path.numpy() if states else (path - star).norm(dim=1).numpy()
+
+
+def jacobian_formula(f2_at_1: float, g1: float, m: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """J = [[0, g' b^T], [-g' b, -(g'^2 / f''(1)) M]] (1/f''(1) = 0 where f''(1) is infinite)."""
+    m, b = np.asarray(m, dtype=float), np.asarray(b, dtype=float)
+    k = len(b)
+    jac = np.zeros((k + 1, k + 1))
+    jac[0, 1:] = g1 * b
+    jac[1:, 0] = -g1 * b
+    jac[1:, 1:] = -(g1 ** 2 / f2_at_1 if math.isfinite(f2_at_1) else 0.0) * m
+    return jac
+
+
+def gda_matrix(jac: np.ndarray, eta_theta: float, eta_omega: float,
+               mode: str = "simultaneous") -> np.ndarray:
+    """The linearised one-step map of GDA at the equilibrium."""
+    n = jac.shape[0]
+    eta = np.full(n, float(eta_omega))
+    eta[0] = eta_theta
+    if mode == "simultaneous":
+        return np.eye(n) + eta[:, None] * jac
+    a_theta, a_omega = np.eye(n), np.eye(n)
+    a_theta[0] += eta[0] * jac[0]
+    a_omega[1:] += eta[1:, None] * jac[1:]
+    return a_omega @ a_theta
+
+
+def predicted_rate(jac: np.ndarray, eta_theta: float, eta_omega: float,
+                   mode: str = "simultaneous") -> float:
+    """Spectral radius of the linearised GDA map: the predicted contraction factor per step."""
+    return float(np.max(np.abs(np.linalg.eigvals(gda_matrix(jac, eta_theta, eta_omega, mode)))))
+
+
+def measured_rate(distance: np.ndarray, lo: float = 1e-12, hi: Optional[float] = None) -> float:
+    """Empirical linear rate: exp of the least-squares slope of log distance against iteration,
+    over the iterations with lo < distance < hi (default hi: a tenth of the start)."""
+    d = np.asarray(distance, dtype=float)
+    hi = d[0] / 10 if hi is None else hi
+    k = np.nonzero((d > lo) & (d < hi) & np.isfinite(d))[0]
+    if len(k) < 5:
+        raise ValueError(f"only {len(k)} iterations with {lo:g} < distance < {hi:g}: run longer")
+    # only the first stretch inside the window (a noisy run may re-enter it later)
+    gaps = np.nonzero(np.diff(k) > 1)[0]
+    k = k[: gaps[0] + 1] if len(gaps) else k
+    if len(k) < 5:
+        raise ValueError("the distance left the fitting window too quickly: run longer")
+    slope = np.polyfit(k, np.log(d[k]), 1)[0]
+    return float(np.exp(slope))
+
+
+def closed_form_rate(divergence, eta: float, sigma: float = 1.0) -> float:
+    """Gradient descent on D_f(||theta - mu||^2 / sigma^2) near the optimum: |1 - eta f''(1)/sigma^2|."""
+    return abs(1 - eta * get_divergence(divergence).f2_at_1 / sigma ** 2)
+
+
+def symbolic_jacobian(divergence, critic: str = "linear", mu=None, s=None) -> sp.Matrix:
+    """The Jacobian of the GDA field at the equilibrium, derived by sympy.
+
+    The integrand of U is differentiated symbolically, evaluated at the equilibrium (where it is a
+    polynomial in the standard normal draw z) and integrated with the Gaussian moments
+    E[z^k] = (k - 1)!!. ``mu`` and ``s`` default to symbols.
+    """
+    from .symbolic import SYMPY, f_expr, u as u_sym
+
+    div = get_divergence(divergence)
+    div._require_variational()
+    mu = sp.Symbol("mu", real=True) if mu is None else sp.nsimplify(mu)
+    s = sp.Symbol("s", positive=True) if s is None else sp.nsimplify(s)
+    theta, z, v = sp.symbols("theta z v", real=True)
+    omega = sp.symbols(f"omega0:{CRITICS[critic]}", real=True)
+
+    def critic_at(x):
+        return sum(w * x ** i for i, w in enumerate(omega))
+
+    g = div.activation_expr(v, SYMPY)
+    h = div.conj_activation_expr(v, SYMPY) if div.conj_activation_expr else div.conjugate_expr(g, SYMPY)
+    value = g.subs(v, critic_at(mu + s * z)) - h.subs(v, critic_at(theta + s * z))
+    state = (theta, *omega)
+    field = [-sp.diff(value, theta)] + [sp.diff(value, w) for w in omega]
+    f1 = sp.diff(f_expr(div), u_sym).subs(u_sym, 1)
+    roots = [r for r in sp.solve(sp.Eq(g, f1), v) if r.is_real]
+    v_star = roots[0] if roots else sp.nsimplify(equilibrium_logit(div))
+    at_star = {theta: mu, omega[0]: v_star, **{w: 0 for w in omega[1:]}}
+
+    def expect(expr):
+        poly = sp.Poly(sp.expand(sp.simplify(expr.subs(at_star))), z)
+        return sp.simplify(sum(c * (sp.factorial2(k - 1) if k % 2 == 0 else 0)
+                               for (k,), c in poly.terms()))
+
+    return sp.Matrix([[expect(sp.diff(fi, x)) for x in state] for fi in field])

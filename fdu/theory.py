@@ -132,6 +132,35 @@ def descend(divergence, anchors, start, *, lr: float, steps: int, sigma: float =
             "steps_to_tol": int(below[0]) if len(below) and not diverged else None}
 
 
+def descent_table(names, starts, *, lr: float, steps: int, sigma: float = 1.0, tol: float = 1e-3,
+                  matched: bool = False) -> dict:
+    """Iterations for a mean in R^2 started at distance delta0 * sigma from its anchor to reach
+    ``tol``, for each divergence and start: an int, ``"not reached"`` or ``"diverged"``. With
+    ``matched`` each f uses :func:`matched_learning_rate` (lr / f''(1)) instead of ``lr``."""
+    table = {}
+    for name in names:
+        step = matched_learning_rate(name, lr) if matched else lr
+        row = {}
+        for d0 in starts:
+            run = descend(name, [[0.0, 0.0]], [d0 * sigma, 0.0], lr=step, steps=steps, sigma=sigma,
+                          tol=tol)
+            row[str(d0)] = ("diverged" if run["diverged"] else
+                            "not reached" if run["steps_to_tol"] is None else run["steps_to_tol"])
+        table[name] = row
+    return table
+
+
+def outlier_batch(n_inliers: int = 45, n_outliers: int = 5, distance: float = 6.0,
+                  spread: float = 0.3, dim: int = 2, seed: int = 0):
+    """Anchor outputs y_i in R^dim: inliers ~ N(0, spread^2 I) and a few outliers ~ N(distance e,
+    spread^2 I) along a random unit direction e. Returns (y, inlier mean)."""
+    g = torch.Generator().manual_seed(seed)
+    direction = torch.randn(dim, generator=g, dtype=torch.float64)
+    y = spread * torch.randn(n_inliers + n_outliers, dim, generator=g, dtype=torch.float64)
+    y[n_inliers:] += distance * direction / direction.norm()
+    return y.numpy(), y[:n_inliers].mean(0).numpy()
+
+
 def official_delta2(rms: np.ndarray, *, channels: int = 4, positions: int = 64 * 64,
                     sigma: float = 1.0, normalization: str = "mean") -> np.ndarray:
     """delta2 seen by the loss when every element of a (channels, positions) output differs by
@@ -381,3 +410,74 @@ def symbolic_jacobian(divergence, critic: str = "linear", mu=None, s=None) -> sp
                                for (k,), c in poly.terms()))
 
     return sp.Matrix([[expect(sp.diff(fi, x)) for x in state] for fi in field])
+
+
+# --- what notebook 03 tabulates ---------------------------------------------------------------------
+
+def game_summary(game: Game) -> dict:
+    """f'(1), v*, g'(v*), f''(1) and the eigenvalues of J at the equilibrium of ``game``."""
+    div = game.div
+    eig = np.linalg.eigvals(game.jacobian())
+    v_star = equilibrium_logit(div) / game.logit_scale
+    return {"f1_at_1": div.f1_at_1, "v_star": float(np.round(v_star, 12)) + 0.0,
+            "kappa": damping_ratio(game),
+            "g_slope": game.logit_scale * activation_slope(div), "f2_at_1": div.f2_at_1,
+            "eigenvalues": sorted(eig.tolist(), key=lambda e: (e.real, e.imag)),
+            "slowest_real_part": float(np.max(eig.real))}
+
+
+def damping_ratio(game: Game) -> float:
+    """kappa = g'(v*) / f''(1). J = g' K(kappa) with K = [[0, b^T], [-b, -kappa M]], and kappa does
+    not change when f is rescaled (c f has slope c g' and curvature c f''(1)): the step sizes set
+    the speed (eta g'), kappa the shape of the dynamics. 0 where f''(1) is infinite (TV)."""
+    f2 = game.div.f2_at_1
+    return game.logit_scale * activation_slope(game.div) / f2 if math.isfinite(f2) else 0.0
+
+
+def effective_step_rate(game: Game, effective_step: float, mode: str = "simultaneous") -> float:
+    """Predicted GDA rate of ``game`` when eta * g'(v*) = ``effective_step`` for both players."""
+    m, b = game.moments()
+    kappa = damping_ratio(game)
+    shape = jacobian_formula(1 / kappa if kappa else math.inf, 1.0, m.numpy(), b.numpy())
+    return predicted_rate(shape, effective_step, effective_step, mode)
+
+
+def rate_comparison(game: Game, *, eta_theta: float, eta_omega: float, steps: int,
+                    perturbation: float = 1e-3, mode: str = "simultaneous") -> dict:
+    """Predicted (linearisation) and measured (exact-expectation simulation) rates of GDA."""
+    rng = np.random.default_rng(0)
+    direction = rng.standard_normal(game.dim)
+    start = game.equilibrium() + perturbation * direction / np.linalg.norm(direction)
+    dist = game.simulate(eta_theta=eta_theta, eta_omega=eta_omega, steps=steps, start=start,
+                         mode=mode)
+    predicted = predicted_rate(game.jacobian(), eta_theta, eta_omega, mode)
+    try:
+        measured = measured_rate(dist)
+    except ValueError:  # never contracted by 10x (TV, an unstable step, or too few steps)
+        finite = np.nonzero(np.isfinite(dist) & (dist < 1e100))[0]
+        last = finite[-1] if len(finite) > 1 else 1
+        measured = float(np.exp(np.log(dist[last] / dist[0]) / last))
+    return {"predicted_rate": predicted, "measured_rate": measured, "distance": dist}
+
+
+def batch_runs(game: Game, batches, *, eta: float, steps: int, start_offset: float = 0.5,
+               seeds: int = 8) -> dict:
+    """GDA with fresh samples of each batch size: the seed-averaged distance (whose transient gives
+    a rate) and the noise floor (median distance of single runs over the last third)."""
+    star = game.equilibrium()
+    start = star.copy()
+    start[0] += start_offset
+    out = {}
+    for n in batches:
+        paths = np.stack([game.simulate(eta_theta=eta, eta_omega=eta, steps=steps, start=start,
+                                        batch=n, seed=k, states=True) for k in range(seeds)])
+        single = np.linalg.norm(paths - star, axis=2)
+        mean_dist = np.linalg.norm(paths.mean(0) - star, axis=1)
+        floor = float(np.median(single[:, -steps // 3:]))
+        try:
+            rate = measured_rate(mean_dist, lo=3 * floor / math.sqrt(seeds), hi=start_offset / 3)
+        except ValueError:
+            rate = float("nan")
+        out[n] = {"floor": floor, "rate_of_mean_path": rate, "single_run": single[0],
+                  "mean_path": mean_dist}
+    return out

@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +20,12 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell(path):
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
     params = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1 and "quick" in "".join(params[0]["source"])
+    from papermill.translators import PythonTranslator  # every parameter can be overridden with -p
+
+    names = [p.name for p in PythonTranslator.inspect(nbformat.v4.new_code_cell("".join(params[0]["source"])))]
+    assigned = [line.split("=")[0].strip() for line in "".join(params[0]["source"]).splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert names == assigned
     first = "".join(nb["cells"][0]["source"])
     assert "What you will learn" in first and "How long it takes" in first
     assert "Exercises" in "".join(nb["cells"][-1]["source"])

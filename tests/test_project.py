@@ -61,3 +61,26 @@ def test_report_fills_claims_from_results_and_can_say_contradicted(tmp_path):
     (tmp_path / src.name).write_text(json.dumps(data))
     rows = {line.split(" | ")[0]: line for line in build(tmp_path).splitlines() if line.startswith("| ")}
     assert rows["| 1"].endswith("| contradicted |")
+
+
+def test_report_rows_for_the_theory_notebooks(tmp_path):
+    import json
+    import shutil
+
+    from fdu.report import NB02, NB03, build
+
+    for nb in (NB02, NB03):
+        shutil.copy(ROOT / "paper" / "results" / f"{nb}.json", tmp_path / f"{nb}.json")
+    rows = {line.split(" | ")[0]: line for line in build(tmp_path).splitlines() if line.startswith("| ")}
+    assert rows["| 3"].endswith("| reproduced |")
+    assert "partly reproduced" in rows["| 11"] or rows["| 11"].endswith("| reproduced |")
+    assert "not yet measured" in rows["| 13"]  # its main evidence is notebook 01, absent here
+    data = json.loads((tmp_path / f"{NB02}.json").read_text())
+    data["results"]["verdict"]["ordering_normalised"] = False  # as if chi2 fell below MSE
+    (tmp_path / f"{NB02}.json").write_text(json.dumps(data))
+    data = json.loads((tmp_path / f"{NB03}.json").read_text())
+    data["results"]["verdict"].update(hellinger_fastest_linear_critic=False,
+                                      js_faster_than_kl_unit_activation_slope=False)
+    (tmp_path / f"{NB03}.json").write_text(json.dumps(data))
+    rows = {line.split(" | ")[0]: line for line in build(tmp_path).splitlines() if line.startswith("| ")}
+    assert rows["| 3"].endswith("| contradicted |") and rows["| 11"].endswith("| contradicted |")

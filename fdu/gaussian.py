@@ -90,16 +90,20 @@ def quadrature_divergence(div: Divergence, delta2: torch.Tensor) -> torch.Tensor
     too_far = d2.detach() > QUADRATURE_MAX_DELTA2
     if bool(too_far.any()):
         if div.upper_bound is None:
-            raise ValueError(
+            raise DivergenceOverflowError(
                 f"delta2 = {float(d2.detach().max()):.4g} is outside the range where the quadrature for "
                 f"{div.name!r} is accurate (0 <= delta2 <= {QUADRATURE_MAX_DELTA2:g}); use a "
                 "larger sigma or normalization='mean'")
         d2 = d2.clamp(max=QUADRATURE_MAX_DELTA2)  # bounded: its sup to ~1e-9 relative
     out = _Quadrature.apply(d2, div)
     if not bool(torch.isfinite(out).all()):
-        raise ValueError(f"quadrature for {div.name!r} overflowed at delta2 <= {float(d2.max()):.4g}"
+        raise DivergenceOverflowError(f"quadrature for {div.name!r} overflowed at delta2 <= {float(d2.max()):.4g}"
                          "; this f grows too fast for this distance (use a larger sigma)")
     return out.to(delta2.dtype)
+
+
+class DivergenceOverflowError(ValueError):
+    """delta2 is beyond the range where this divergence is representable in the dtype."""
 
 
 def safe_delta2_limit(div: Divergence, dtype=torch.float64) -> float:
@@ -113,7 +117,7 @@ def closed_form_divergence(div: Divergence, delta2: torch.Tensor) -> torch.Tenso
     """D_f(delta2) from the entry's closed form, refusing inputs where it would overflow."""
     limit = safe_delta2_limit(div, delta2.dtype)
     if delta2.numel() and float(delta2.detach().max()) > limit:
-        raise ValueError(
+        raise DivergenceOverflowError(
             f"{div.name}: delta2 = {float(delta2.detach().max()):.4g} overflows {delta2.dtype} "
             f"(exp({div.exp_rate:g} * delta2)); the safe range is 0 <= delta2 <= {limit:.4g}. "
             "Use a larger sigma, normalization='mean', or an alpha closer to 1")

@@ -213,3 +213,89 @@ def reference_samples(model, scheduler, world: World, n: int = 500, seed: int = 
     return {p: sample(model, scheduler, world, p, n, seed=seed) for p in world.prompts}
 
 
+
+
+# --- experiments (notebook 04) -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One way of unlearning: a divergence, closed form or variational."""
+
+    label: str
+    divergence: str
+    alpha: float | None = None
+    variational: bool = False
+
+
+def output_drift(task: Task, concepts, *, n: int = 512, seed: int = 0) -> float:
+    """Mean over ``concepts`` of E||eps_now(x_t, c) - eps_original(x_t, c)||^2 at random t, with x_t
+    from each concept's own samples: a cheap, sampling-free preservation measure (lower: better)."""
+    from .unlearn import frozen_output
+
+    world = task.world
+    gen = torch.Generator().manual_seed(seed)
+    total = int(task.scheduler.config.num_train_timesteps)
+    drift = 0.0
+    with torch.no_grad():
+        for c in concepts:
+            x0 = world.sample(c, n, gen)
+            t = torch.randint(0, total, (n,), generator=gen)
+            x_t = task.scheduler.add_noise(x0, torch.randn(x0.shape, generator=gen), t)
+            now = task.forward(task.model, x_t, t, c)
+            drift += float((now - frozen_output(task, x_t, t, c)).pow(2).sum(1).mean())
+    return drift / len(concepts)
+
+
+def erasure_threshold(world: World, before: dict, target: str, anchor: str, margin: float = 0.1) -> float:
+    """A target counts as erased once the share of its samples in its region is at most the
+    anchor's own share (the superclass and the empty prompt contain the target) plus ``margin``."""
+    return float(world.in_region(before[anchor], target).float().mean()) + margin
+
+
+def run(model: Denoiser, scheduler, world: World, target: str, anchor: str, spec: LossSpec, *,
+        before: dict, steps: int = 300, lr: float = 1e-2, critic_lr: float = 1e-2,
+        critic_warmup: int = 20, batch_size: int = 128, sigma: float = 1.0, log_every: int = 25,
+        n_curve: int = 200, n_eval: int = 500, boot: int = 100, evaluate_final: bool = True,
+        optimizer: str = "adam", seed: int = 0) -> dict:
+    """Unlearn ``target`` towards ``anchor`` with one :class:`LossSpec` on a copy of ``model``.
+
+    Returns the loop's history, a curve of erasure (share of target samples in its region) and
+    preservation (:func:`output_drift`) every ``log_every`` steps, the first logged step at which
+    the target counts as erased (:func:`erasure_threshold`; None if never), the samples of the
+    target prompt after unlearning, and (``evaluate_final``) :func:`evaluate`'s measures.
+    """
+    import copy
+
+    from .critics import MLPCritic
+    from .unlearn import UnlearnConfig, unlearn
+
+    task = unlearning_task(copy.deepcopy(model), scheduler, world, target, anchor, seed=seed)
+    task.world = world
+    others = [c for c in world.concepts if c != target]
+    threshold = erasure_threshold(world, before, target, anchor)
+
+    def callback(step, t):
+        x = sample(t.model, scheduler, world, target, n_curve, seed=seed + 11)
+        return {"in_target": float(world.in_region(x, target).float().mean()),
+                "drift": output_drift(t, others, n=256, seed=seed)}
+
+    torch.manual_seed(seed)
+    critic = MLPCritic(2, context_dim=2) if spec.variational else None
+    cfg = UnlearnConfig(divergence=spec.divergence, alpha=spec.alpha, variational=spec.variational,
+                        steps=steps, batch_size=batch_size, lr=lr, critic_lr=critic_lr,
+                        critic_warmup=critic_warmup if spec.variational else 0, sigma=sigma,
+                        log_every=log_every, optimizer=optimizer, seed=seed, progress=False)
+    try:
+        result = unlearn(task, cfg, critic=critic, callback=callback)
+    except FloatingPointError as err:  # NonFiniteLossError: recorded, not hidden
+        return {"spec": spec, "failed": str(err), "curve": [], "steps_to_erase": None}
+    curve = result.metrics
+    erased = [m["step"] for m in curve if m["in_target"] <= threshold]
+    out = {"spec": spec, "failed": None, "history": result.history, "curve": curve,
+           "threshold": threshold, "steps_to_erase": erased[0] if erased else None,
+           "samples": sample(task.model, scheduler, world, target, n_eval, seed=seed + 5)}
+    if evaluate_final:
+        out["evaluation"] = evaluate(task.model, scheduler, world, target, anchor, before=before,
+                                     n=n_eval, boot=boot, seed=seed + 5)
+        out["evaluation"]["drift"] = output_drift(task, others, n=512, seed=seed + 1)
+    return out

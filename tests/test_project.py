@@ -84,3 +84,24 @@ def test_report_rows_for_the_theory_notebooks(tmp_path):
     (tmp_path / f"{NB03}.json").write_text(json.dumps(data))
     rows = {line.split(" | ")[0]: line for line in build(tmp_path).splitlines() if line.startswith("| ")}
     assert rows["| 3"].endswith("| contradicted |") and rows["| 11"].endswith("| contradicted |")
+
+
+def test_report_rows_for_the_toy_notebook(tmp_path):
+    import json
+    import shutil
+
+    from fdu.report import NB04, build
+
+    src = ROOT / "paper" / "results" / f"{NB04}.json"
+    shutil.copy(src, tmp_path / src.name)
+    rows = {line.split(" | ")[0]: line for line in build(tmp_path).splitlines() if line.startswith("| ")}
+    for claim in ("| 4", "| 5", "| 6", "| 10", "| 12"):
+        assert "toy:" in rows[claim] and "not yet measured" not in rows[claim]
+    for claim in ("| 4", "| 5", "| 6"):
+        assert "not checkable here" in rows[claim]  # the SD half of the claim is never filled in
+    data = json.loads(src.read_text())
+    data["results"]["verdict"].update(variational_bias_shrinks_with_batch=False,
+                                      variational_spread_shrinks_with_batch=False)
+    (tmp_path / src.name).write_text(json.dumps(data))
+    rows = {line.split(" | ")[0]: line for line in build(tmp_path).splitlines() if line.startswith("| ")}
+    assert rows["| 12"].endswith("| toy: not reproduced |")

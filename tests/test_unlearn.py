@@ -187,3 +187,15 @@ def test_bad_task_and_resume_errors(toy, tmp_path):
         unlearn(empty, UnlearnConfig(progress=False))
     with pytest.raises(ValueError, match="valid prompts"):
         WORLD.index("unicorn")
+
+
+def test_preservation_term_holds_the_other_concepts(toy):
+    drift = {}
+    for weight in (0.0, 10.0):
+        task = fresh(toy, preserve=("fox", "tree", "house"))
+        task.world = WORLD
+        res = unlearn(task, UnlearnConfig(steps=100, lr=1e-2, batch_size=64, preservation_weight=weight,
+                                          progress=False))
+        assert ("preservation" in res.history) == (weight > 0)
+        drift[weight] = toy2d.output_drift(task, ["fox", "tree", "house"], n=256)
+    assert drift[10.0] < drift[0.0]

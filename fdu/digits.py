@@ -208,9 +208,14 @@ def cache_dir() -> Path:
     return folder
 
 
-def _cached(kind: str, params: dict, module: nn.Module, build) -> nn.Module:
-    """Load ``module``'s weights from the cache keyed by (kind, params), or build and store them."""
+def _cached(kind: str, params: dict, module: nn.Module, build, enabled: bool = True) -> nn.Module:
+    """Load ``module``'s weights from the cache keyed by (kind, params), or build and store them
+    (``enabled=False``: always build, store nothing)."""
     from safetensors.torch import load_file, save_file
+
+    if not enabled:
+        build(module)
+        return module
 
     key = hashlib.sha256(json.dumps({"kind": kind, **params}, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / f"{kind}-{key}.safetensors"
@@ -264,10 +269,7 @@ def train_model(*, steps: int = 2000, batch_size: int = 256, lr: float = 2e-3, p
             opt.step()
             sched.step()
 
-    if cache:
-        _cached("digits-model", params, model, build)
-    else:
-        build(model)
+    _cached("digits-model", params, model, build, enabled=cache)
     return model.eval(), scheduler
 
 
@@ -346,10 +348,7 @@ def train_judge(*, epochs: int = 30, seed: int = 0, cache: bool = True, progress
                 loss.backward()
                 opt.step()
 
-    if cache:
-        _cached("digits-judge", params, judge, build)
-    else:
-        build(judge)
+    _cached("digits-judge", params, judge, build, enabled=cache)
     judge.eval()
     accuracy = float((judge.predict(x_test) == y_test).float().mean())
     return judge, accuracy

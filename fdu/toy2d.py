@@ -227,12 +227,11 @@ class LossSpec:
     variational: bool = False
 
 
-def output_drift(task: Task, concepts, *, n: int = 512, seed: int = 0) -> float:
+def output_drift(task: Task, world: World, concepts, *, n: int = 512, seed: int = 0) -> float:
     """Mean over ``concepts`` of E||eps_now(x_t, c) - eps_original(x_t, c)||^2 at random t, with x_t
     from each concept's own samples: a cheap, sampling-free preservation measure (lower: better)."""
     from .unlearn import frozen_output
 
-    world = task.world
     gen = torch.Generator().manual_seed(seed)
     total = int(task.scheduler.config.num_train_timesteps)
     drift = 0.0
@@ -270,14 +269,13 @@ def run(model: Denoiser, scheduler, world: World, target: str, anchor: str, spec
     from .unlearn import UnlearnConfig, unlearn
 
     task = unlearning_task(copy.deepcopy(model), scheduler, world, target, anchor, seed=seed)
-    task.world = world
     others = [c for c in world.concepts if c != target]
     threshold = erasure_threshold(world, before, target, anchor)
 
     def callback(step, t):
         x = sample(t.model, scheduler, world, target, n_curve, seed=seed + 11)
         return {"in_target": float(world.in_region(x, target).float().mean()),
-                "drift": output_drift(t, others, n=256, seed=seed)}
+                "drift": output_drift(t, world, others, n=256, seed=seed)}
 
     torch.manual_seed(seed)
     critic = MLPCritic(2, context_dim=2) if spec.variational else None
@@ -297,5 +295,48 @@ def run(model: Denoiser, scheduler, world: World, target: str, anchor: str, spec
     if evaluate_final:
         out["evaluation"] = evaluate(task.model, scheduler, world, target, anchor, before=before,
                                      n=n_eval, boot=boot, seed=seed + 5)
-        out["evaluation"]["drift"] = output_drift(task, others, n=512, seed=seed + 1)
+        out["evaluation"]["drift"] = output_drift(task, world, others, n=512, seed=seed + 1)
     return out
+
+
+def summarize(result: dict) -> dict:
+    """The JSON-ready measures of one :func:`run` (or its failure message)."""
+    if result["failed"]:
+        return {"failed": result["failed"]}
+    ev, spec = result["evaluation"], result["spec"]
+    return {"divergence": spec.divergence, "alpha": spec.alpha, "variational": spec.variational,
+            "in_target": ev["in_target"], "to_anchor": ev["to_anchor"], "preservation": ev["preservation"],
+            "drift": ev["drift"], "steps_to_erase": result["steps_to_erase"]}
+
+
+def frontier(model: Denoiser, scheduler, world: World, target: str, anchor: str, specs, lrs, *,
+             before: dict, steps: int, optimizer: str = "adam", **run_kwargs) -> dict:
+    """For each spec, one point per learning rate: the final erasure (share of target samples in its
+    region) and damage (output drift), or ``failed``."""
+    out = {}
+    for spec in specs:
+        points = []
+        for lr in lrs:
+            r = run(model, scheduler, world, target, anchor, spec, before=before, steps=steps, lr=lr,
+                    log_every=steps, evaluate_final=False, optimizer=optimizer, **run_kwargs)
+            last = r["curve"][-1] if r["curve"] else None
+            points.append({"lr": lr, "failed": bool(r["failed"]),
+                           "in_target": last["in_target"] if last else None,
+                           "drift": last["drift"] if last else None})
+        out[spec.label] = points
+    return out
+
+
+def least_damage_when_erased(points, threshold: float):
+    """The smallest drift among a frontier's points that erased (in_target <= threshold), or None."""
+    return min((p["drift"] for p in points if not p["failed"] and p["in_target"] <= threshold),
+               default=None)
+
+
+def robust_learning_rates(points, threshold: float, factor: float = 2.0) -> int:
+    """How many of a frontier's learning rates erase with at most ``factor`` times the least damage."""
+    best = least_damage_when_erased(points, threshold)
+    if best is None:
+        return 0
+    return sum(1 for p in points if not p["failed"] and p["in_target"] <= threshold
+               and p["drift"] <= factor * best)

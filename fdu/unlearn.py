@@ -299,9 +299,6 @@ def unlearn(task: Task, config: UnlearnConfig, *, critic: Optional[torch.nn.Modu
         torch.set_rng_state(tensors["rng/torch"])
         history, metrics, start = meta["history"], meta["metrics"], int(meta["step"])
 
-    def reference_output(x_t, t, cond):
-        return frozen_output(task, x_t, t, cond)
-
     def record_metrics(step):
         if callback is not None:
             out = callback(step, task) or {}
@@ -320,7 +317,7 @@ def unlearn(task: Task, config: UnlearnConfig, *, critic: Optional[torch.nn.Modu
         noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
         t = _timesteps(config, x0.shape[0], total_t, gen)
         x_t = scheduler.add_noise(x0, noise, t)
-        target = reference_output(x_t, t, task.anchor)
+        target = frozen_output(task, x_t, t, task.anchor)
         pred = task.forward(task.model, x_t, t, task.target)
         update_model = step >= config.critic_warmup or not config.variational
         overflow = ""
@@ -341,7 +338,7 @@ def unlearn(task: Task, config: UnlearnConfig, *, critic: Optional[torch.nn.Modu
                 loss = torch.tensor(math.inf)
                 overflow = str(err)
         if config.preservation_weight > 0 and task.preserve:
-            keep = sum(F.mse_loss(task.forward(task.model, x_t, t, c), reference_output(x_t, t, c))
+            keep = sum(F.mse_loss(task.forward(task.model, x_t, t, c), frozen_output(task, x_t, t, c))
                        for c in task.preserve) / len(task.preserve)
             loss = loss + config.preservation_weight * keep
             history["preservation"].append(float(keep.detach()))

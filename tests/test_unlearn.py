@@ -193,9 +193,19 @@ def test_preservation_term_holds_the_other_concepts(toy):
     drift = {}
     for weight in (0.0, 10.0):
         task = fresh(toy, preserve=("fox", "tree", "house"))
-        task.world = WORLD
         res = unlearn(task, UnlearnConfig(steps=100, lr=1e-2, batch_size=64, preservation_weight=weight,
                                           progress=False))
         assert ("preservation" in res.history) == (weight > 0)
-        drift[weight] = toy2d.output_drift(task, ["fox", "tree", "house"], n=256)
+        drift[weight] = toy2d.output_drift(task, WORLD, ["fox", "tree", "house"], n=256)
     assert drift[10.0] < drift[0.0]
+
+
+def test_frontier_summaries():
+    pts = [{"lr": 1, "failed": False, "in_target": 0.05, "drift": 0.04},
+           {"lr": 2, "failed": False, "in_target": 0.02, "drift": 0.07},
+           {"lr": 3, "failed": False, "in_target": 0.01, "drift": 0.30},
+           {"lr": 4, "failed": False, "in_target": 0.50, "drift": 0.01},
+           {"lr": 5, "failed": True, "in_target": None, "drift": None}]
+    assert toy2d.least_damage_when_erased(pts, 0.1) == 0.04
+    assert toy2d.robust_learning_rates(pts, 0.1) == 2
+    assert toy2d.least_damage_when_erased(pts[3:], 0.1) is None and toy2d.robust_learning_rates(pts[3:], 0.1) == 0

@@ -179,9 +179,14 @@ class Model(nn.Module):
         self.unet = Denoiser(text_dim, hidden, depth)
 
     def encode(self, prompts):
-        """Token embeddings and mask for a list of prompts (or already tokenised ids)."""
-        ids = prompts if isinstance(prompts, torch.Tensor) else self.tokenizer(prompts)
-        return self.text_encoder(ids)
+        """Token embeddings and mask for a list of prompts (or already tokenised ids). A list is
+        encoded once per distinct prompt and indexed (batches repeat a few prompts)."""
+        if isinstance(prompts, torch.Tensor):
+            return self.text_encoder(prompts)
+        position = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+        text, mask = self.text_encoder(self.tokenizer(list(position)))
+        index = torch.tensor([position[p] for p in prompts], dtype=torch.long)
+        return text[index], mask[index]
 
     def forward(self, x, t, prompts):
         text, mask = self.encode(prompts)
@@ -317,14 +322,14 @@ class Judge(nn.Module):
 
 
 class JudgeFeatures(nn.Module):
-    """The judge's features as a module, for torchmetrics' KID (``feature=``)."""
+    """The judge's features as a module, for torchmetrics' KID (``feature=``), divided by ``scale``."""
 
-    def __init__(self, judge: Judge):
+    def __init__(self, judge: Judge, scale: float = 1.0):
         super().__init__()
-        self.judge = judge
+        self.judge, self.scale = judge, float(scale)
 
     def forward(self, x):
-        return self.judge.features(x.float())
+        return self.judge.features(x.float()) / self.scale
 
 
 def train_judge(*, epochs: int = 30, seed: int = 0, cache: bool = True, progress: bool = True):
@@ -357,11 +362,15 @@ def train_judge(*, epochs: int = 30, seed: int = 0, cache: bool = True, progress
 def kid(judge: Judge, real: torch.Tensor, fake: torch.Tensor, *, subset_size: int = 100,
         subsets: int = 50, seed: int = 0) -> dict:
     """Kernel inception distance in the judge's feature space (torchmetrics), mean and std over
-    random subsets (seeded)."""
+    random subsets (seeded). The features are divided by their root-mean-square size on ``real``
+    (per coordinate), so the polynomial kernel (x.y/d + 1)^3 sees inputs of order one, as with
+    Inception features; without it the judge's large ReLU features make the estimate very noisy."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
     size = min(subset_size, len(real), len(fake))
-    metric = KernelInceptionDistance(feature=JudgeFeatures(judge), subsets=subsets, subset_size=size)
+    with torch.no_grad():
+        scale = float(judge.features(real.float()).pow(2).mean().sqrt().clamp_min(1e-8))
+    metric = KernelInceptionDistance(feature=JudgeFeatures(judge, scale), subsets=subsets, subset_size=size)
     state = torch.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -376,18 +385,21 @@ def kid(judge: Judge, real: torch.Tensor, fake: torch.Tensor, *, subset_size: in
 # --- unlearning ---------------------------------------------------------------------------------------
 
 def unlearning_task(model: Model, scheduler, target: int, anchor: str = "near", *, anchor_pool: int = 1000,
-                    guidance: float = 2.0, train: str = "kv", seed: int = 0):
+                    guidance: float = 2.0, train: str = "kv", seed: int = 0, pool=None):
     """The digits as a :class:`fdu.unlearn.Task`: erase ``target`` (its training prompts) towards the
     ``anchor`` kind ("near", "superclass" or "empty"), with anchor x0 drawn from a pool of the original
     model's guided samples for the anchor prompts. ``train``: "kv" (cross-attention keys and values,
-    default) or "all". Prompts are assigned to the batch cyclically, target and anchor aligned."""
+    default) or "all". Prompts are assigned to the batch cyclically, target and anchor aligned.
+    ``pool``: anchor images to use instead of sampling ``anchor_pool`` new ones (a benchmark shares
+    one pool between runs)."""
     from .unlearn import Task
 
     if train not in ("kv", "all"):
         raise ValueError(f"train must be 'kv' or 'all', got {train!r}")
     target_prompts = prompts_for(target)
     anchors = anchor_prompts(anchor, target)
-    pool = sample(model, scheduler, anchors, anchor_pool, guidance=guidance, seed=seed + 1)
+    if pool is None:
+        pool = sample(model, scheduler, anchors, anchor_pool, guidance=guidance, seed=seed + 1)
     for p in model.parameters():
         p.requires_grad_(train == "all")
     for p in model.kv_parameters():

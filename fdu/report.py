@@ -15,7 +15,8 @@ NB01 = "01_f_divergences_between_gaussians"
 NB02 = "02_gradient_magnitudes"
 NB03 = "03_local_convergence"
 NB04 = "04_toy2d_unlearning"
-NOTEBOOKS = (NB01, NB02, NB03, NB04)
+NB05 = "05_digits_unlearning"
+NOTEBOOKS = (NB01, NB02, NB03, NB04, NB05)
 
 # (number, the paper's statement [source tag in paper.md], who measures it)
 CLAIMS = [
@@ -300,8 +301,158 @@ def _claim12(R):
     return text, "toy (2-D)", "toy: reproduced" if ok else "toy: partly" if some else "toy: not reproduced"
 
 
-FILLERS = {1: _claim1, 2: _claim2, 3: _claim3, 4: _claim4, 5: _claim5, 6: _claim6, 10: _claim10,
-           11: _claim11, 12: _claim12, 13: _claim13}
+# --- digits scale (notebook 05) ------------------------------------------------------------------------
+
+def _digits(R):
+    r = R.get(NB05)
+    return None if r is None else (r, r["verdict"], r["_params"])
+
+
+def _dscale(par) -> str:
+    return (f"digits 8×8, targets {par['targets']} → near anchors, Adam lr grid {par['lrs']}, "
+            f"{par['steps']} steps, σ = {par['sigma']:g}")
+
+
+def _d4(R):
+    got = _digits(R)
+    if got is None:
+        return None
+    r, v, par = got
+    parts = []
+    verdicts = {}
+    for key, what in (("hellinger_vs_mse_matched_erasure", "at the first erased checkpoint"),
+                      ("hellinger_vs_mse_best_erased", "at the best erased checkpoint (the frontier's lowest point)")):
+        c = v.get(key)
+        if c is None:
+            continue
+        verdicts[key] = c["verdict"]
+        if c["verdict"] == "inconclusive":
+            parts.append(f"{what}: not both erased")
+            continue
+        parts.append(f"{what}: drift Hellinger {c['mean_drift_a']:.3g} vs MSE {c['mean_drift_b']:.3g} (ratio "
+                     f"{c['drift_ratio']:.2f}; Hellinger lower in {c['a_lower_drift']} of {c['pairs']} targets), "
+                     f"KID {c['mean_kid_a']:.3g} vs {c['mean_kid_b']:.3g}")
+    text = (f"Digits ({_dscale(par)}), matched erasure (erased accuracy ≤ {par['threshold']:g}, least drift "
+            "over the learning rates) " + "; ".join(parts) + _source(NB05))
+    first = verdicts.get("hellinger_vs_mse_matched_erasure", "inconclusive")
+    best = verdicts.get("hellinger_vs_mse_best_erased", "inconclusive")
+    if first == best == "a better":
+        status = "reproduced"
+    elif first == best == "b better":
+        status = "contradicted (MSE less damaging)"
+    elif best == "a better":
+        status = ("partly (Hellinger reaches a less damaging erased point over the run, but does no less "
+                  "damage at the moment of erasure)")
+    elif first == "a better":
+        status = "partly (less damage at the moment of erasure, not on the frontier)"
+    elif "b better" in (first, best):
+        status = "not reproduced (MSE less damaging by one measure)"
+    elif first == best == "inconclusive":
+        status = "inconclusive"
+    else:
+        status = "not reproduced (no clear difference)"
+    return text, "digits: " + status
+
+
+def _d5(R):
+    got = _digits(R)
+    if got is None:
+        return None
+    r, v, par = got
+    c = v["chi2_vs_mse_budget"]
+    b = r["matched_budget"]
+    chi, kl = b.get("Pearson χ²", {}), b.get("KL = MSE", {})
+    if "erased_accuracy" not in chi or "erased_accuracy" not in kl:
+        return "Digits: χ² or MSE has no measure at the budget", "digits: inconclusive"
+    text = (f"Digits at a matched budget (lr {par['budget_lr']:g}, {par['budget_step']} steps, "
+            f"{len(par['targets'])} targets): erased accuracy χ² {_ci(chi['erased_accuracy'])} vs MSE "
+            f"{_ci(kl['erased_accuracy'])}; retained {_ci(chi['retained_accuracy'])} vs "
+            f"{_ci(kl['retained_accuracy'])}; drift {_ci(chi['drift'])} vs {_ci(kl['drift'])}; runs stopped "
+            f"by overflow: {c['failed_runs']}" + _source(NB05))
+    status = ("reproduced" if c["erases_more"] and c["more_damage"] else
+              "contradicted (χ² erases less, with exact per-sample weights most samples get almost none)"
+              if c.get("erases_less") else
+              "partly (stronger erasure, not more damage)" if c["erases_more"] else
+              "partly (more damage, not stronger erasure)" if c["more_damage"] else "not reproduced")
+    return text, "digits: " + status
+
+
+def _d6(R):
+    got = _digits(R)
+    if got is None or "variational_hellinger_budget" not in got[1]:
+        return None
+    r, v, par = got
+    c = v["variational_hellinger_budget"]
+    b = r["matched_budget"]
+    vh, h = b.get("variational Hellinger", {}), b.get("squared Hellinger", {})
+    if "retained_accuracy" not in vh or "retained_accuracy" not in h:
+        return "Digits: no measure at the budget", "digits: inconclusive"
+    text = (f"Digits at the budget (lr {par['budget_lr']:g}, {par['budget_step']} steps): variational vs "
+            f"closed-form Hellinger, erased accuracy {_ci(vh['erased_accuracy'])} vs {_ci(h['erased_accuracy'])}, "
+            f"retained {_ci(vh['retained_accuracy'])} vs {_ci(h['retained_accuracy'])}, KID "
+            f"{_ci(vh['kid'])} vs {_ci(h['kid'])}; highest retained accuracy of all losses: "
+            f"{c['best_retained']}" + _source(NB05))
+    hits = sum(bool(c[k]) for k in ("best_retained", "weaker_erasure_than_closed_hellinger",
+                                    "higher_kid_than_closed_hellinger"))
+    return text, "digits: " + ("reproduced" if hits == 3 else "partly" if hits else "not reproduced")
+
+
+def _d10(R):
+    got = _digits(R)
+    if got is None:
+        return None
+    r, v, par = got
+    counts = {**{f"closed, {k}": x for k, x in v["anchors_closed"].items()},
+              **{f"variational, {k}": x for k, x in v["anchors_variational"].items()}}
+    text = (f"Digits (lr {par['budget_lr']:g}, {par['steps']} steps): losses whose drift on the other digits "
+            "is lower than with the empty prompt — " +
+            ", ".join(f"{k.replace('_less_drift_than_empty', ' anchor')}: {x}" for k, x in counts.items()) +
+            _source(NB05))
+
+    def frac(x):
+        k, n = (int(y) for y in x.split(" of "))
+        return k / n if n else 0.0
+    closed = min(frac(x) for x in v["anchors_closed"].values())
+    allf = min(frac(x) for x in counts.values())
+    status = ("reproduced" if allf == 1 else "reproduced for the closed forms" if closed == 1 else
+              "partly" if max(frac(x) for x in counts.values()) > 0.5 else "not reproduced")
+    return text, "digits: " + status
+
+
+def _d12(R):
+    got = _digits(R)
+    if got is None:
+        return None
+    r, v, par = got
+    rows = [f"{div}: exact {d['exact']:.3f}, estimate " + ", ".join(
+        f"{d[str(b)]['mean']:.3f}±{d[str(b)]['std']:.3f} (b={b})" for b in par["batch_sizes"])
+        for div, d in r["batch_size"].items()]
+    text = "Digits, an image critic trained 150 steps per batch size: " + "; ".join(rows) + _source(NB05)
+    ok = v["variational_bias_shrinks_with_batch"] and v["variational_spread_shrinks_with_batch"]
+    some = v["variational_bias_shrinks_with_batch"] or v["variational_spread_shrinks_with_batch"]
+    return text, "digits: " + ("reproduced" if ok else "partly" if some else "not reproduced")
+
+
+def _with_digits(toy_filler, digits_filler):
+    """A row from the toy (notebook 04) and the digits (notebook 05), whichever have run; the digits
+    status goes before the row's "SD: not checkable here"."""
+    def filler(R):
+        toy, dig = toy_filler(R), digits_filler(R)
+        if toy is None and dig is None:
+            return None
+        if dig is None:
+            return toy
+        if toy is None:
+            return dig[0], "digits (8×8)", dig[1]
+        text, scale, status = toy
+        head, sep, tail = status.partition("; SD:")
+        return f"{text}. {dig[0]}", f"{scale}; digits (8×8)", f"{head}; {dig[1]}{sep}{tail}"
+    return filler
+
+
+FILLERS = {1: _claim1, 2: _claim2, 3: _claim3, 4: _with_digits(_claim4, _d4), 5: _with_digits(_claim5, _d5),
+           6: _with_digits(_claim6, _d6), 10: _with_digits(_claim10, _d10), 11: _claim11,
+           12: _with_digits(_claim12, _d12), 13: _claim13}
 
 
 def _source(notebook: str) -> str:

@@ -105,3 +105,35 @@ def test_report_rows_for_the_toy_notebook(tmp_path):
     (tmp_path / src.name).write_text(json.dumps(data))
     rows = {line.split(" | ")[0]: line for line in build(tmp_path).splitlines() if line.startswith("| ")}
     assert rows["| 12"].endswith("| toy: not reproduced |")
+
+
+def test_report_rows_for_the_digits_notebook(tmp_path):
+    import json
+    import shutil
+
+    from fdu.report import NB04, NB05, build
+
+    for nb in (NB04, NB05):
+        src = ROOT / "paper" / "results" / f"{nb}.json"
+        shutil.copy(src, tmp_path / src.name)
+    rows = {line.split(" | ")[0]: line for line in build(tmp_path).splitlines() if line.startswith("| ")}
+    for claim in ("| 4", "| 5", "| 6", "| 10", "| 12"):
+        assert "toy:" in rows[claim] and "digits:" in rows[claim], claim
+    for claim in ("| 4", "| 5", "| 6"):
+        assert rows[claim].endswith("SD: not checkable here |")
+    path = tmp_path / f"{NB05}.json"
+    data = json.loads(path.read_text())
+    v = data["results"]["verdict"]
+    v["hellinger_vs_mse_matched_erasure"]["verdict"] = "b better"
+    v["hellinger_vs_mse_best_erased"]["verdict"] = "b better"
+    v["chi2_vs_mse_budget"].update(erases_more=False, erases_less=True, more_damage=False)
+    path.write_text(json.dumps(data))
+    rows = {line.split(" | ")[0]: line for line in build(tmp_path).splitlines() if line.startswith("| ")}
+    assert "digits: contradicted (MSE less damaging)" in rows["| 4"]
+    assert "digits: contradicted (χ² erases less" in rows["| 5"]
+    v["hellinger_vs_mse_matched_erasure"]["verdict"] = "a better"
+    v["hellinger_vs_mse_best_erased"]["verdict"] = "a better"
+    v["chi2_vs_mse_budget"].update(erases_more=True, erases_less=False, more_damage=True)
+    path.write_text(json.dumps(data))
+    rows = {line.split(" | ")[0]: line for line in build(tmp_path).splitlines() if line.startswith("| ")}
+    assert "digits: reproduced" in rows["| 4"] and "digits: reproduced" in rows["| 5"]

@@ -40,6 +40,7 @@ paper: install
 
 bench: install
 	$(PY) benchmarks/bench_losses.py
+	$(PY) benchmarks/bench_sd_step.py
 	$(PY) benchmarks/bench_pipeline.py
 
 clean:

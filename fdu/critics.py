@@ -52,3 +52,32 @@ class WithContext(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return self.critic(y, *self.context)
+
+
+class PatchCritic(nn.Module):
+    """For images or latents (B, C, H, W): a small convolutional critic with spectral norm (as the
+    official patch critic), one logit per patch, (B, 1, H', W'). ``conditional=True`` makes it see the
+    noisy input x_t (same shape as y) and the timestep t (a constant channel) beside y."""
+
+    def __init__(self, channels: int, hidden: int = 64, depth: int = 2, conditional: bool = True):
+        super().__init__()
+        if channels < 1 or hidden < 1 or depth < 1:
+            raise ValueError(f"channels, hidden and depth must be >= 1, got {channels}, {hidden}, {depth}")
+        self.conditional = conditional
+        width = 2 * channels + 1 if conditional else channels
+        layers = []
+        for i in range(depth):
+            stride = 2 if i < depth - 1 else 1
+            layers += [nn.utils.parametrizations.spectral_norm(nn.Conv2d(width, hidden, 3, stride, 1)),
+                       nn.LeakyReLU(0.2)]
+            width = hidden
+        layers.append(nn.Conv2d(width, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, y: torch.Tensor, x_t=None, t=None) -> torch.Tensor:
+        if self.conditional:
+            if x_t is None or t is None:
+                raise ValueError("this critic is conditional: call critic(y, x_t, t)")
+            t_map = t.reshape(-1, 1, 1, 1).to(y.dtype).expand(y.shape[0], 1, *y.shape[2:])
+            y = torch.cat([y, x_t.to(y.dtype), t_map], dim=1)
+        return self.net(y)

@@ -117,6 +117,7 @@ class UnlearnConfig:
     critic_input: str = "reverse_step"  # or "outputs" (the official code's choice), see unlearn()
     critic_warmup: int = 0             # steps at the start where only the critic is trained
     max_grad_norm: Optional[float] = None
+    gradient_accumulation_steps: int = 1   # micro-batches of batch_size per optimiser step
     checkpoint_every: int = 0          # 0: no checkpoints
     checkpoint_dir: Optional[str] = None
     log_every: int = 10                # metrics callback period (steps)
@@ -125,7 +126,7 @@ class UnlearnConfig:
 
     def check(self, num_train_timesteps: int):
         get_divergence(self.divergence, self.alpha)  # unknown names raise, listing the valid ones
-        for name in ("steps", "batch_size"):
+        for name in ("steps", "batch_size", "gradient_accumulation_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "sigma", "critic_lr"):
@@ -213,7 +214,7 @@ def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, m
 
 def save_checkpoint(path, *, step: int, params, optimizer, generator: torch.Generator, history,
                     metrics, reference=None, critic=None, critic_optimizer=None,
-                    config: Optional[UnlearnConfig] = None) -> Path:
+                    config: Optional[UnlearnConfig] = None, extra: Optional[dict] = None) -> Path:
     """One ``.safetensors`` file: tensors for parameters, optimiser states and RNG states; the
     rest (step, optimiser hyper-parameters, history, config) as JSON in its metadata."""
     tensors = {f"param/{i}": p.detach().clone().contiguous() for i, p in enumerate(params)}
@@ -222,6 +223,7 @@ def save_checkpoint(path, *, step: int, params, optimizer, generator: torch.Gene
             "config": asdict(config) if config is not None else None}
     tensors["rng/generator"] = generator.get_state()
     tensors["rng/torch"] = torch.get_rng_state()
+    tensors.update({k: v.contiguous() for k, v in (extra or {}).items()})
     if isinstance(reference, SwappedReference):
         tensors.update({f"reference/{i}": o.contiguous() for i, o in enumerate(reference.original)})
     if critic is not None:
@@ -249,17 +251,33 @@ def load_checkpoint(path) -> tuple[dict, dict]:
     return load_file(str(path)), meta
 
 
+def _average_gradients(params, accelerator):
+    """Mean of each gradient over the processes (data parallel without wrapping the model, so the
+    frozen reference and the critic's freezing work unchanged)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            p.grad = accelerator.reduce(p.grad.contiguous(), reduction="mean")
+
+
 def unlearn(task: Task, config: UnlearnConfig, *, critic: Optional[torch.nn.Module] = None,
             callback: Optional[Callable[[int, Task], dict]] = None,
-            resume_from=None) -> UnlearnResult:
+            resume_from=None, accelerator=None) -> UnlearnResult:
     """Run the unlearning loop; see the module docstring. ``critic``: required when
     ``config.variational``. With ``config.critic_input="reverse_step"`` (default) the critic is
     called as critic(y, x_t, t / T) on draws y = output + sigma * z of the two Gaussian steps, so the
     game estimates the same E_t,x_t[D_f] as the closed form with that sigma and
     ``normalization="sum"``; with ``"outputs"`` it sees the outputs alone, as in the official code,
     and compares only their marginal distributions over the batch. ``callback(step, task)`` is called every ``config.log_every`` steps
-    (and at step 0 and the end) and may return a dict of metrics to record. ``resume_from``: a
-    checkpoint path; the run continues from its step to ``config.steps``."""
+    (and at step 0 and the end) and may return a dict of metrics to record. ``resume_from``: a path to a
+    checkpoint; the run continues from its step to ``config.steps``.
+
+    ``accelerator``: an ``accelerate.Accelerator`` for mixed precision (forward passes under its
+    autocast, losses in float32, gradient scaling for fp16) and data parallelism over processes
+    (``accelerate launch``): each process draws its own batches (seed + process index), gradients are
+    averaged over processes, and only the main process logs, calls ``callback`` and writes checkpoints
+    (with every process's random state, so a resumed multi-process run continues exactly)."""
     scheduler = task.scheduler
     total_t = int(scheduler.config.num_train_timesteps)
     config.check(total_t)
@@ -276,7 +294,15 @@ def unlearn(task: Task, config: UnlearnConfig, *, critic: Optional[torch.nn.Modu
     optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr)
     critic_opt = torch.optim.Adam(critic.parameters(), lr=config.critic_lr) if config.variational \
         else None
-    gen = torch.Generator().manual_seed(config.seed)
+    acc = accelerator
+    rank = acc.process_index if acc is not None else 0
+    main = rank == 0
+    if acc is not None:
+        optimizer = acc.prepare_optimizer(optimizer)  # gradient scaling under fp16
+        if critic_opt is not None:
+            critic_opt = acc.prepare_optimizer(critic_opt)
+    autocast = acc.autocast if acc is not None else contextlib.nullcontext
+    gen = torch.Generator().manual_seed(config.seed + 1_000_003 * rank)
     history = {k: [] for k in ("step", "loss", "grad_l1_mean", "grad_l1_std", "grad_l2")}
     if config.variational:
         history.update(critic_loss=[], estimate=[])
@@ -295,12 +321,12 @@ def unlearn(task: Task, config: UnlearnConfig, *, critic: Optional[torch.nn.Modu
         if config.variational:
             critic.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("critic/")})
             _restore_optimizer("critic_optimizer", critic_opt, tensors, meta["critic_optimizer"])
-        gen.set_state(tensors["rng/generator"])
+        gen.set_state(tensors["rng/generator" if rank == 0 else f"rng/generator/{rank}"])
         torch.set_rng_state(tensors["rng/torch"])
         history, metrics, start = meta["history"], meta["metrics"], int(meta["step"])
 
     def record_metrics(step):
-        if callback is not None:
+        if callback is not None and main:
             out = callback(step, task) or {}
             metrics.append({"step": step, **out})
 
@@ -311,25 +337,29 @@ def unlearn(task: Task, config: UnlearnConfig, *, critic: Optional[torch.nn.Modu
     from tqdm.auto import tqdm
 
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps,
-               disable=not config.progress, desc=f"unlearn ({div.name})", leave=False)
-    for step in bar:
+               disable=not config.progress or not main, desc=f"unlearn ({div.name})", leave=False)
+    accumulate = int(config.gradient_accumulation_steps)
+
+    def micro_batch():
+        """One micro-batch: (model loss, variational losses or None, preservation or None, overflow)."""
         x0 = task.sample_anchor_x0(config.batch_size, gen)
         noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
         t = _timesteps(config, x0.shape[0], total_t, gen)
         x_t = scheduler.add_noise(x0, noise, t)
-        target = frozen_output(task, x_t, t, task.anchor)
-        pred = task.forward(task.model, x_t, t, task.target)
-        update_model = step >= config.critic_warmup or not config.variational
-        overflow = ""
+        with autocast():
+            target = frozen_output(task, x_t, t, task.anchor).float()
+            pred = task.forward(task.model, x_t, t, task.target).float()
+        overflow, losses, keep = "", None, None
         if config.variational:
-            if config.critic_input == "reverse_step":
-                bound.context = (x_t, t.to(x_t.dtype) / total_t)
-                real = target + config.sigma * torch.randn(target.shape, generator=gen, dtype=target.dtype)
-                fake = pred + config.sigma * torch.randn(pred.shape, generator=gen, dtype=pred.dtype)
-                losses = variational_losses(div, bound, real, fake)
-            else:
-                losses = variational_losses(div, critic, target, pred)
-            loss = config.weight * losses.generator
+            with autocast():
+                if config.critic_input == "reverse_step":
+                    bound.context = (x_t, t.to(x_t.dtype) / total_t)
+                    real = target + config.sigma * torch.randn(target.shape, generator=gen, dtype=target.dtype)
+                    fake = pred + config.sigma * torch.randn(pred.shape, generator=gen, dtype=pred.dtype)
+                    losses = variational_losses(div, bound, real, fake)
+                else:
+                    losses = variational_losses(div, critic, target, pred)
+            loss = config.weight * losses.generator.float()
         else:
             try:
                 loss = closed_form_loss(pred, target, div, sigma=config.sigma, weight=config.weight,
@@ -338,26 +368,52 @@ def unlearn(task: Task, config: UnlearnConfig, *, critic: Optional[torch.nn.Modu
                 loss = torch.tensor(math.inf)
                 overflow = str(err)
         if config.preservation_weight > 0 and task.preserve:
-            keep = sum(F.mse_loss(task.forward(task.model, x_t, t, c), frozen_output(task, x_t, t, c))
-                       for c in task.preserve) / len(task.preserve)
+            with autocast():
+                keep = sum(F.mse_loss(task.forward(task.model, x_t, t, c).float(),
+                                      frozen_output(task, x_t, t, c).float())
+                           for c in task.preserve) / len(task.preserve)
             loss = loss + config.preservation_weight * keep
-            history["preservation"].append(float(keep.detach()))
-        if not bool(torch.isfinite(loss)) or (config.variational and
-                                              not bool(torch.isfinite(losses.critic))):
-            where = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else
-                     "no checkpoint was written yet (set checkpoint_every)")
-            raise NonFiniteLossError(
-                f"non-finite loss at step {step} with divergence {div.name!r} (lr {config.lr:g}, "
-                f"sigma {config.sigma:g}){': ' + overflow if overflow else ''}; the parameters were "
-                f"not updated; {where}. Lower the learning rate, raise sigma, or pick a divergence "
-                "with bounded gradients")
+        return loss, losses, keep, overflow
+
+    def backward(value):
+        if acc is not None:
+            acc.backward(value)
+        else:
+            value.backward()
+
+    for step in bar:
+        update_model = step >= config.critic_warmup or not config.variational
         optimizer.zero_grad(set_to_none=True)
         if config.variational:
             critic_opt.zero_grad(set_to_none=True)
+        step_loss, step_keep = 0.0, 0.0
+        for _ in range(accumulate):
+            loss, losses, keep, overflow = micro_batch()
+            bad = not bool(torch.isfinite(loss)) or (config.variational and
+                                                     not bool(torch.isfinite(losses.critic)))
+            if acc is not None and acc.num_processes > 1:  # every process stops together
+                bad = bool(acc.reduce(torch.tensor(float(bad)), reduction="sum") > 0)
+            if bad:
+                where = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else
+                         "no checkpoint was written yet (set checkpoint_every)")
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step} with divergence {div.name!r} (lr {config.lr:g}, "
+                    f"sigma {config.sigma:g}){': ' + overflow if overflow else ''}; the parameters were "
+                    f"not updated; {where}. Lower the learning rate, raise sigma, or pick a divergence "
+                    "with bounded gradients")
+            if update_model:  # with the critic frozen, this leaves the critic's .grad untouched
+                backward(loss / accumulate if accumulate > 1 else loss)
+            if config.variational:  # on detached outputs: never reaches the model
+                backward(losses.critic / accumulate if accumulate > 1 else losses.critic)
+                history["critic_loss"].append(float(losses.critic.detach()))
+                history["estimate"].append(float(losses.estimate))
+            step_loss += float(loss.detach()) / accumulate
+            if keep is not None:
+                step_keep += float(keep.detach()) / accumulate
         if update_model:
-            loss.backward()   # with the critic frozen, this leaves the critic's .grad untouched
-        if config.variational:
-            losses.critic.backward()  # on detached outputs: never reaches the model
+            _average_gradients(params, acc)
+            if acc is not None:
+                acc.unscale_gradients(optimizer)
         stats = _grad_stats(params) if update_model else {
             "grad_l1_mean": 0.0, "grad_l1_std": 0.0, "grad_l2": 0.0}
         if update_model:
@@ -365,27 +421,36 @@ def unlearn(task: Task, config: UnlearnConfig, *, critic: Optional[torch.nn.Modu
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
         if config.variational:
+            _average_gradients(critic.parameters(), acc)
             critic_opt.step()
-            history["critic_loss"].append(float(losses.critic.detach()))
-            history["estimate"].append(float(losses.estimate))
+        if config.preservation_weight > 0 and task.preserve:
+            history["preservation"].append(step_keep)
         history["step"].append(step + 1)
-        history["loss"].append(float(loss.detach()))
+        history["loss"].append(step_loss)
         for key, value in stats.items():
             history[key].append(value)
-        bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
+        bar.set_postfix(loss=f"{step_loss:.4g}")
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
             record_metrics(done)
         if config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.steps):
-            last_checkpoint = save_checkpoint(
-                Path(config.checkpoint_dir) / f"step_{done}.safetensors", step=done, params=params,
-                optimizer=optimizer, generator=gen, history=history, metrics=metrics,
-                reference=reference, critic=critic if config.variational else None,
-                critic_optimizer=critic_opt, config=config)
-            result.checkpoints.append(str(last_checkpoint))
+            path = Path(config.checkpoint_dir) / f"step_{done}.safetensors"
+            extra = {}
+            if acc is not None and acc.num_processes > 1:
+                states = acc.gather(gen.get_state()[None])
+                extra = {f"rng/generator/{r}": states[r] for r in range(1, acc.num_processes)}
+            if main:
+                save_checkpoint(path, step=done, params=params, optimizer=optimizer, generator=gen,
+                                history=history, metrics=metrics, reference=reference,
+                                critic=critic if config.variational else None,
+                                critic_optimizer=critic_opt, config=config, extra=extra)
+            if acc is not None:
+                acc.wait_for_everyone()
+            last_checkpoint = path
+            result.checkpoints.append(str(path))
     bar.close()
     result.steps_done = config.steps
-    if config.checkpoint_dir:
+    if config.checkpoint_dir and main:
         result.save(Path(config.checkpoint_dir) / "history.json")
     return result
 

@@ -1,0 +1,173 @@
+"""Loading a Stable Diffusion pipeline (hub id or local folder), and a tiny one built from configs.
+
+Any diffusers text-to-image pipeline of the Stable Diffusion 1.x / 2.x family loads through
+:func:`load_pipeline`: ε- or v-prediction is read from its scheduler config. Nothing is downloaded when
+``HF_HUB_OFFLINE=1`` (or ``local_files_only=True``); a model that is neither a local folder nor in the
+hub cache raises :class:`ModelNotAvailableError` with what to do.
+
+:func:`build_tiny_pipeline` writes a complete, loadable pipeline folder with random weights (a two-block
+UNet, a small VAE, a two-layer CLIP text encoder and a character-level CLIP tokenizer), in about a
+second, for tests and CPU runs. Its images are noise; its shapes and module names are those of the real
+thing (``...attn2.to_k`` / ``.to_v`` are the cross-attention key and value projections).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+
+class ModelNotAvailableError(FileNotFoundError):
+    """The model is neither a local pipeline folder nor in the local hub cache (and we are offline)."""
+
+
+def _byte_alphabet() -> list:
+    """The 256 printable characters CLIP's byte-level BPE uses for the bytes 0..255."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def write_char_tokenizer(folder) -> Path:
+    """A CLIP tokenizer with a character-level vocabulary (no merges): every byte, alone or ending a
+    word, plus the start and end tokens. Written as vocab.json + merges.txt (any transformers
+    version loads it)."""
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = _byte_alphabet()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def build_tiny_pipeline(folder=None, *, seed: int = 0, prediction_type: str = "epsilon",
+                        sample_size: int = 32):
+    """A tiny StableDiffusionPipeline with random weights (seeded). With ``folder``, it is also saved
+    there (``StableDiffusionPipeline.from_pretrained(folder)`` loads it). ``sample_size``: the latent
+    size (images are 8 times larger)."""
+    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=2, norm_num_groups=8, in_channels=4, out_channels=4)
+    vae = AutoencoderKL(block_out_channels=(16, 16, 32, 32), in_channels=3, out_channels=3,
+                        latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
+                        layers_per_block=1, sample_size=sample_size * 8)  # 8x, as Stable Diffusion's
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = CLIPTokenizer.from_pretrained(str(write_char_tokenizer(tmp)))
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                              prediction_type=prediction_type)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    if folder is not None:
+        pipe.save_pretrained(str(folder))
+        write_char_tokenizer(Path(folder) / "tokenizer")  # vocab.json + merges.txt beside tokenizer.json
+    return pipe
+
+
+def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                  local_files_only: bool | None = None):
+    """A StableDiffusionPipeline from a hub id or a local folder, safety checker off, progress bars
+    off, on ``device`` in ``dtype``. Offline (``HF_HUB_OFFLINE=1``, the default on machines without a
+    hub) only local folders and the hub cache are used."""
+    from diffusers import StableDiffusionPipeline
+
+    if not model or not str(model).strip():
+        raise ValueError("model must be a hub id (e.g. 'CompVis/stable-diffusion-v1-4') or a local "
+                         "pipeline folder")
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    path = Path(model).expanduser()
+    looks_local = path.exists() or str(model).startswith((".", "/", "~")) or str(model).count("/") > 1
+    if looks_local and not (path / "model_index.json").is_file():
+        raise ModelNotAvailableError(
+            f"{model!r} is not a diffusers pipeline folder (no model_index.json there). Pass a folder "
+            "written by save_pretrained, a hub id, or build a tiny one with `python -m fdu tiny-pipeline DIR`")
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(path) if looks_local else model, dtype=dtype, safety_checker=None,
+            requires_safety_checker=False, local_files_only=local_files_only)
+    except (OSError, ValueError) as err:
+        if looks_local:
+            raise
+        raise ModelNotAvailableError(
+            f"cannot load {model!r}: it is not a local folder and not in the local hub cache"
+            f"{' (offline: HF_HUB_OFFLINE=1)' if local_files_only else ''}. Download it once on a machine "
+            "with access (`huggingface-cli download ID`) and pass the folder, or build a tiny pipeline "
+            f"for a CPU check with `python -m fdu tiny-pipeline DIR`. ({type(err).__name__}: {str(err)[:200]})"
+        ) from err
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def prediction_type(pipe) -> str:
+    return pipe.scheduler.config.get("prediction_type", "epsilon")
+
+
+def training_scheduler(pipe):
+    """The DDPMScheduler with the pipeline's noise schedule and prediction type (for x_t = add_noise)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def build_tiny_clip(folder, *, seed: int = 0) -> Path:
+    """A tiny CLIP model and processor with random weights, saved to ``folder``: stands in for
+    OpenAI's CLIP in CPU checks of the evaluation (its scores mean nothing)."""
+    import tempfile
+
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor,
+                              CLIPTokenizer)
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = CLIPTokenizer.from_pretrained(str(write_char_tokenizer(tmp)))
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    model = CLIPModel(config)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                 crop_size={"height": 32, "width": 32}),
+                              tokenizer=tokenizer)
+    folder = Path(folder)
+    model.save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    return folder

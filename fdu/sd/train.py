@@ -1,0 +1,260 @@
+"""Stable Diffusion unlearning through the one loop of :mod:`fdu.unlearn`.
+
+:func:`unlearning_task` turns a pipeline, aligned (target, anchor) prompts and anchor latents into a
+:class:`fdu.unlearn.Task`; :func:`run` does everything the command line does: load the pipeline, build
+the prompts, generate (or reuse) just enough anchor images, train with any divergence on the chosen
+parameter group, checkpoint, and write the changed weights and a loadable pipeline folder.
+
+Parameter groups (``PARAMETER_GROUPS``): ``kv`` — the cross-attention key/value projections
+``attn2.to_k`` / ``attn2.to_v`` (the official default); ``attention`` — every attention projection of
+the UNet; ``unet`` — the whole UNet; ``embedding`` — the text encoder's token embedding. The frozen
+reference is :class:`fdu.unlearn.SwappedReference`: the original values of the trained parameters
+only, never a second UNet.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+PARAMETER_GROUPS = ("kv", "attention", "unet", "embedding")
+
+
+class Denoiser(nn.Module):
+    """UNet + text encoder as one module: ``denoiser(x_t, t, prompts)`` is the UNet's output for the
+    prompts' text embeddings. The text encoder runs without gradients unless its embedding is trained."""
+
+    def __init__(self, unet, text_encoder, tokenizer):
+        super().__init__()
+        self.unet, self.text_encoder, self.tokenizer = unet, text_encoder, tokenizer
+
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        unique = list(dict.fromkeys(prompts))
+        ids = self.tokenizer(unique, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.unet.device)
+        train_text = any(p.requires_grad for p in self.text_encoder.parameters())
+        with torch.set_grad_enabled(train_text and torch.is_grad_enabled()):
+            states = self.text_encoder(ids)[0]
+        index = torch.tensor([unique.index(p) for p in prompts], device=states.device)
+        return states[index]
+
+    def forward(self, x_t, t, prompts):
+        states = self.encode(prompts).to(self.unet.dtype)
+        return self.unet(x_t.to(self.unet.dtype), t.to(x_t.device), encoder_hidden_states=states).sample
+
+
+def select_parameters(denoiser: Denoiser, group: str) -> dict:
+    """name -> parameter of a group (see ``PARAMETER_GROUPS``); marks them trainable, the rest frozen."""
+    if group not in PARAMETER_GROUPS:
+        raise ValueError(f"parameter group must be one of {PARAMETER_GROUPS}, got {group!r}")
+    for p in denoiser.parameters():
+        p.requires_grad_(False)
+    if group == "embedding":
+        emb = denoiser.text_encoder.get_input_embeddings().weight
+        chosen = {"text_encoder." + n: p for n, p in denoiser.text_encoder.named_parameters() if p is emb}
+    else:
+        def keep(name):
+            if group == "kv":
+                return ".attn2.to_k." in name or ".attn2.to_v." in name
+            if group == "attention":
+                return ".attn1." in name or ".attn2." in name
+            return True
+        chosen = {"unet." + n: p for n, p in denoiser.unet.named_parameters() if keep(n)}
+    if not chosen:
+        raise ValueError(f"the parameter group {group!r} selects nothing in this model")
+    for p in chosen.values():
+        p.requires_grad_(True)
+    return chosen
+
+
+def unlearning_task(pipe, target_prompts: Sequence[str], anchor_prompts: Sequence[str],
+                    anchor_latents: torch.Tensor, *, group: str = "kv", hflip: bool = True,
+                    anchor_prompt_of=None):
+    """A :class:`fdu.unlearn.Task` for a pipeline. Anchor latent i was generated from anchor prompt
+    ``i % len(anchor_prompts)`` (or ``anchor_prompt_of[i]``); each drawn latent is trained with its own
+    pair: the target prompt and the anchor prompt of the same caption. ``hflip``: flip half the
+    latents left-right (the official ``--hflip``)."""
+    from ..unlearn import Task
+    from .pipeline import training_scheduler
+
+    if len(target_prompts) != len(anchor_prompts) or not target_prompts:
+        raise ValueError("target and anchor prompts must be non-empty and aligned (one pair per caption), "
+                         f"got {len(target_prompts)} and {len(anchor_prompts)}")
+    denoiser = Denoiser(pipe.unet, pipe.text_encoder, pipe.tokenizer)
+    named = select_parameters(denoiser, group)
+    latents = anchor_latents.to(pipe.unet.device)
+    owner = torch.as_tensor(anchor_prompt_of if anchor_prompt_of is not None else
+                            [i % len(anchor_prompts) for i in range(len(latents))])
+    drawn = {"pairs": None}
+    prompts = {"target": list(target_prompts), "anchor": list(anchor_prompts)}
+
+    def sample_anchor_x0(n, gen):
+        i = torch.randint(len(latents), (n,), generator=gen)
+        drawn["pairs"] = owner[i].tolist()   # read by forward() in the same step
+        x0 = latents[i.to(latents.device)]
+        if hflip:
+            flip = (torch.rand(n, generator=gen) < 0.5).to(latents.device)
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        return x0
+
+    def forward(model, x_t, t, which):
+        return model(x_t, t, [prompts[which][k] for k in drawn["pairs"]])
+
+    task = Task(model=denoiser, forward=forward, sample_anchor_x0=sample_anchor_x0, target="target",
+                anchor="anchor", scheduler=training_scheduler(pipe), params=list(named.values()))
+    task.named_parameters = named
+    return task
+
+
+@dataclass
+class RunConfig:
+    """Everything :func:`run` (and ``python -m fdu unlearn``) takes."""
+
+    model: str
+    target: str
+    anchor: str
+    output: str
+    concept_type: str = "style"
+    superclass: Optional[str] = None
+    captions: Optional[str] = None
+    divergence: str = "kl"
+    alpha: Optional[float] = None
+    variational: bool = False
+    group: str = "kv"
+    steps: int = 500
+    batch_size: int = 2
+    gradient_accumulation_steps: int = 2
+    lr: float = 2.8e-4
+    critic_lr: float = 1e-4
+    critic_warmup: int = 0
+    sigma: float = 1.0
+    normalization: str = "mean"
+    max_anchor_images: int = 1000
+    anchor_steps: int = 25
+    anchor_guidance: float = 6.0
+    resolution: Optional[int] = None
+    hflip: bool = True
+    mixed_precision: str = "no"
+    checkpoint_every: int = 100
+    resume: bool = False
+    seed: int = 0
+    cache_dir: Optional[str] = None
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def _check(cfg: RunConfig):
+    from ..divergences import get_divergence
+    from .prompts import CONCEPT_TYPES
+
+    get_divergence(cfg.divergence, cfg.alpha)  # unknown names raise, listing the valid ones
+    if cfg.group not in PARAMETER_GROUPS:
+        raise ValueError(f"--params must be one of {PARAMETER_GROUPS}, got {cfg.group!r}")
+    if cfg.concept_type not in CONCEPT_TYPES:
+        raise ValueError(f"--concept-type must be one of {CONCEPT_TYPES}, got {cfg.concept_type!r}")
+    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ValueError(f"--mixed-precision must be 'no', 'fp16' or 'bf16', got {cfg.mixed_precision!r}")
+    for name in ("steps", "batch_size", "gradient_accumulation_steps", "max_anchor_images"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+
+
+def latest_checkpoint(folder) -> Optional[Path]:
+    found = sorted(Path(folder).glob("step_*.safetensors"), key=lambda p: int(p.stem.split("_")[1]))
+    return found[-1] if found else None
+
+
+def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
+    """Unlearn ``cfg.target`` from the pipeline ``cfg.model``; returns the summary also written to
+    ``<output>/summary.json``. Writes ``<output>/checkpoints/step_N.safetensors``,
+    ``<output>/unlearned.safetensors`` (the trained parameters by name) and ``<output>/pipeline``."""
+    from accelerate import Accelerator
+    from safetensors.torch import save_file
+
+    from ..critics import PatchCritic
+    from ..unlearn import UnlearnConfig, unlearn
+    from .anchors import generate_anchor_latents
+    from .pipeline import load_pipeline, prediction_type
+    from .prompts import build_prompts
+
+    _check(cfg)
+    acc = accelerator
+    if acc is None:
+        from accelerate.state import AcceleratorState, PartialState
+
+        cpu = not torch.cuda.is_available()   # without GPUs, processes (if launched) talk over gloo
+        if PartialState(cpu=cpu).num_processes == 1:  # one process (a notebook, a test): allow a new precision
+            AcceleratorState._reset_state(reset_partial_state=True)
+        acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu)
+    out = Path(cfg.output)
+    ckpt_dir = out / "checkpoints"
+    resume_from = latest_checkpoint(ckpt_dir) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        log(f"--resume: no checkpoint in {ckpt_dir}, starting from step 0")
+    if not cfg.resume and latest_checkpoint(ckpt_dir) is not None:
+        raise FileExistsError(f"{ckpt_dir} already holds checkpoints: pass --resume to continue that run, "
+                              "or choose another --output")
+    t0 = time.time()
+    pipe = load_pipeline(cfg.model, device=str(acc.device))
+    targets, anchors = build_prompts(cfg.concept_type, cfg.target, cfg.anchor, superclass=cfg.superclass,
+                                     captions=cfg.captions, seed=cfg.seed)
+    # no more anchor images than the run can use (every process draws its own batches)
+    needed = cfg.steps * cfg.batch_size * cfg.gradient_accumulation_steps * acc.num_processes
+    n_images = min(needed, cfg.max_anchor_images)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "anchors"
+    size = cfg.resolution
+    negative = cfg.target if cfg.concept_type == "nudity" else None
+    with acc.main_process_first():   # the main process generates, the others read the cache
+        latents = generate_anchor_latents(pipe, anchors, n_images, cache, height=size, width=size,
+                                          steps=cfg.anchor_steps, guidance=cfg.anchor_guidance,
+                                          seed=cfg.seed, negative_prompt=negative,
+                                          progress=cfg.progress and acc.is_main_process)
+    task = unlearning_task(pipe, targets, anchors, latents, group=cfg.group, hflip=cfg.hflip)
+    critic = None
+    if cfg.variational:
+        torch.manual_seed(cfg.seed)
+        critic = PatchCritic(pipe.unet.config.in_channels).to(acc.device)
+    ucfg = UnlearnConfig(divergence=cfg.divergence, alpha=cfg.alpha, variational=cfg.variational,
+                         steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam",
+                         sigma=cfg.sigma, normalization=cfg.normalization, critic_lr=cfg.critic_lr,
+                         critic_warmup=cfg.critic_warmup,
+                         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                         checkpoint_every=cfg.checkpoint_every, checkpoint_dir=str(ckpt_dir),
+                         seed=cfg.seed, progress=cfg.progress)
+    t1 = time.time()
+    result = unlearn(task, ucfg, critic=critic, accelerator=acc, resume_from=resume_from)
+    t2 = time.time()
+    summary = {"config": asdict(cfg), "processes": acc.num_processes, "prediction_type": prediction_type(pipe),
+               "trained_parameters": sum(p.numel() for p in task.params), "anchor_images": n_images,
+               "first_prompts": {"target": targets[:3], "anchor": anchors[:3]},
+               "resumed_from": str(resume_from) if resume_from else None,
+               "final_loss": result.history["loss"][-1] if result.history["loss"] else None,
+               "seconds": {"setup": round(t1 - t0, 2), "train": round(t2 - t1, 2)}}
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({n: p.detach().float().cpu().contiguous() for n, p in task.named_parameters.items()},
+                  str(out / "unlearned.safetensors"), metadata={"fdu": json.dumps(asdict(cfg))})
+        pipe.save_pretrained(str(out / "pipeline"))
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    acc.wait_for_everyone()
+    return summary
+
+
+def load_unlearned(pipe, path) -> list:
+    """Put the weights of ``unlearned.safetensors`` into a pipeline loaded from the original model;
+    returns the names changed."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path))
+    modules = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+    for name, value in weights.items():
+        owner, _, rest = name.partition(".")
+        param = modules[owner].get_parameter(rest)
+        with torch.no_grad():
+            param.copy_(value.to(param.dtype))
+    return sorted(weights)

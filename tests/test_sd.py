@@ -163,3 +163,35 @@ def test_clear_errors_on_the_command_line(tiny, tmp_path, capsys):
     assert main(unlearn_args(tiny, tmp_path / "c", "--steps", "2", "--divergence", "kullback")) == 2
     err = capsys.readouterr().err
     assert "kullback" in err and "squared_hellinger" in err
+
+
+def test_v_prediction_pipelines_train_too(tmp_path):
+    folder = tmp_path / "tiny-v"
+    assert main(["tiny-pipeline", str(folder), "--sample-size", "8", "--prediction-type", "v_prediction"]) == 0
+    out = tmp_path / "run"
+    assert main(unlearn_args(folder, out, "--steps", "2")) == 0
+    assert json.loads((out / "summary.json").read_text())["prediction_type"] == "v_prediction"
+
+
+def test_a_two_process_run_resumes_exactly(tiny, tmp_path):
+    import shutil
+
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    full, part = tmp_path / "full", tmp_path / "part"
+
+    def launch(out, *extra):
+        cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fdu",
+               *unlearn_args(tiny, out, "--steps", "4", "--checkpoint-every", "2", "--cache-dir",
+                             str(tmp_path / "anchors"), *extra)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    launch(full)
+    shutil.copytree(full, part)  # as if stopped after the step-2 checkpoint
+    for name in ("checkpoints/step_4.safetensors", "unlearned.safetensors", "summary.json"):
+        (part / name).unlink()
+    launch(part, "--resume")
+    a, b = load_file(str(full / "unlearned.safetensors")), load_file(str(part / "unlearned.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -148,15 +148,17 @@ def evaluate(base_pipe, unlearned_pipe, concept: str, *, clip_model: str, retain
 
 def table_markdown(report: dict) -> str:
     """The paper-style table (paper.md §4.5) of one evaluation report."""
-    t = table_markdown_rows = []
-    f = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
+    def f(x):
+        return "–" if x is None else f"{x:.3f}"
+
+    t = []
     t.append("| model | erased CS ↓ | erased CA ↓ | retained CS ↑ | retained CA ↑ | KID (retained) ↓ |")
     t.append("|---|---|---|---|---|---|")
     for name in ("base", "unlearned"):
         r = report["table"][name]
         t.append(f"| {name} | {f(r['erased_clip_score'])} | {f(r['erased_clip_accuracy'])} | "
                  f"{f(r['retained_clip_score'])} | {f(r['retained_clip_accuracy'])} | {f(r.get('kid_retained'))} |")
-    return "\n".join(table_markdown_rows)
+    return "\n".join(t)
 
 
 def save_report(report: dict, path) -> Path:

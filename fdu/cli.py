@@ -46,6 +46,8 @@ def _unlearn_parser(sub):
     g.add_argument("--sigma", type=float, default=1.0, help="temperature of the closed forms")
     g.add_argument("--normalization", default="mean", choices=["mean", "sum"],
                    help="mean: the official per-position mean; sum: the exact squared distance")
+    g.add_argument("--mask-border", type=int, default=1,
+                   help="latent pixels at each edge left out of the closed-form loss (official: 1; 0: none)")
     g.add_argument("--critic-lr", type=float, default=1e-4)
     g.add_argument("--critic-warmup", type=int, default=0, help="steps where only the critic trains")
     g = p.add_argument_group("training")
@@ -117,7 +119,7 @@ def _unlearn(args):
                     critic_lr=args.critic_lr, critic_warmup=args.critic_warmup, sigma=args.sigma,
                     normalization=args.normalization, max_anchor_images=args.max_anchor_images,
                     anchor_steps=args.anchor_steps, anchor_guidance=args.anchor_guidance,
-                    resolution=args.resolution, hflip=not args.no_hflip, mixed_precision=args.mixed_precision,
+                    resolution=args.resolution, hflip=not args.no_hflip, mask_border=args.mask_border, mixed_precision=args.mixed_precision,
                     checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
                     cache_dir=args.cache_dir, progress=not args.quiet)
     summary = run(cfg)

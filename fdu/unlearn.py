@@ -66,6 +66,7 @@ class Task:
     preserve: Sequence[Any] = ()
     params: Optional[Sequence[torch.nn.Parameter]] = None
     reference: Optional[Union[torch.nn.Module, "SwappedReference"]] = None
+    loss_mask: Optional[torch.Tensor] = None          # (1, 1, *spatial): positions the closed form counts
 
     def trained_parameters(self) -> list:
         params = list(self.params) if self.params is not None else [
@@ -362,8 +363,10 @@ def unlearn(task: Task, config: UnlearnConfig, *, critic: Optional[torch.nn.Modu
             loss = config.weight * losses.generator.float()
         else:
             try:
+                mask = None if task.loss_mask is None else \
+                    task.loss_mask.to(pred.device).expand(pred.shape[0], 1, *pred.shape[2:])
                 loss = closed_form_loss(pred, target, div, sigma=config.sigma, weight=config.weight,
-                                        normalization=config.normalization)
+                                        normalization=config.normalization, mask=mask)
             except (DivergenceOverflowError, FloatingPointError) as err:  # overflow, or NaN outputs
                 loss = torch.tensor(math.inf)
                 overflow = str(err)

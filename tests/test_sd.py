@@ -195,3 +195,16 @@ def test_a_two_process_run_resumes_exactly(tiny, tmp_path):
     launch(part, "--resume")
     a, b = load_file(str(full / "unlearned.safetensors")), load_file(str(part / "unlearned.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_official_border_mask_leaves_the_edges_out(tiny):
+    from fdu.sd.train import unlearning_task
+
+    pipe = load_pipeline(str(tiny))
+    targets, anchors = build_prompts("style", "van gogh", "painting")
+    latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    task = unlearning_task(pipe, targets, anchors, latents, mask_border=1)
+    assert task.loss_mask.shape == (1, 1, 8, 8) and int(task.loss_mask.sum()) == 36
+    assert task.loss_mask[..., 0, :].sum() == 0 and task.loss_mask[..., 1:-1, 1:-1].all()
+    with pytest.raises(ValueError, match="mask_border"):
+        unlearning_task(pipe, targets, anchors, latents, mask_border=4)

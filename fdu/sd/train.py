@@ -74,11 +74,12 @@ def select_parameters(denoiser: Denoiser, group: str) -> dict:
 
 def unlearning_task(pipe, target_prompts: Sequence[str], anchor_prompts: Sequence[str],
                     anchor_latents: torch.Tensor, *, group: str = "kv", hflip: bool = True,
-                    anchor_prompt_of=None):
+                    anchor_prompt_of=None, mask_border: int = 0):
     """A :class:`fdu.unlearn.Task` for a pipeline. Anchor latent i was generated from anchor prompt
     ``i % len(anchor_prompts)`` (or ``anchor_prompt_of[i]``); each drawn latent is trained with its own
     pair: the target prompt and the anchor prompt of the same caption. ``hflip``: flip half the
-    latents left-right (the official ``--hflip``)."""
+    latents left-right (the official ``--hflip``). ``mask_border``: leave this many latent pixels at
+    each edge out of the closed-form loss (the official mask without augmentation leaves out 1)."""
     from ..unlearn import Task
     from .pipeline import training_scheduler
 
@@ -107,6 +108,13 @@ def unlearning_task(pipe, target_prompts: Sequence[str], anchor_prompts: Sequenc
 
     task = Task(model=denoiser, forward=forward, sample_anchor_x0=sample_anchor_x0, target="target",
                 anchor="anchor", scheduler=training_scheduler(pipe), params=list(named.values()))
+    if mask_border < 0 or 2 * mask_border >= min(latents.shape[-2:]):
+        raise ValueError(f"mask_border must be >= 0 and leave some of the {tuple(latents.shape[-2:])} latent "
+                         f"positions, got {mask_border}")
+    if mask_border:
+        mask = torch.zeros(1, 1, *latents.shape[-2:], device=latents.device)
+        mask[..., mask_border:-mask_border, mask_border:-mask_border] = 1
+        task.loss_mask = mask
     task.named_parameters = named
     return task
 
@@ -139,6 +147,7 @@ class RunConfig:
     anchor_guidance: float = 6.0
     resolution: Optional[int] = None
     hflip: bool = True
+    mask_border: int = 1
     mixed_precision: str = "no"
     checkpoint_every: int = 100
     resume: bool = False
@@ -214,7 +223,8 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
                                           steps=cfg.anchor_steps, guidance=cfg.anchor_guidance,
                                           seed=cfg.seed, negative_prompt=negative,
                                           progress=cfg.progress and acc.is_main_process)
-    task = unlearning_task(pipe, targets, anchors, latents, group=cfg.group, hflip=cfg.hflip)
+    task = unlearning_task(pipe, targets, anchors, latents, group=cfg.group, hflip=cfg.hflip,
+                           mask_border=cfg.mask_border)
     critic = None
     if cfg.variational:
         torch.manual_seed(cfg.seed)

@@ -37,7 +37,6 @@ CLOSED = [LossSpec("KL = MSE", "kl"), LossSpec("squared Hellinger", "squared_hel
 VARIATIONAL = [LossSpec(f"variational {n}", d, variational=True) for n, d in
                [("KL", "kl"), ("reverse KL", "reverse_kl"), ("Hellinger", "squared_hellinger"),
                 ("JS", "jensen_shannon"), ("χ²", "pearson_chi2"), ("TV", "total_variation")]]
-ANCHORS = ("near", "superclass", "empty")
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> dict:
@@ -310,6 +309,19 @@ def at_budget(runs: list, lr: float, step: int) -> dict:
             if pts:
                 entry[m] = _mean_ci(m, [p[m] for p in pts])
         out[label] = entry
+    return out
+
+
+def per_target(runs: list, lr: float, budget_step: int, final_step: int) -> dict:
+    """loss label -> anchor -> target -> {"lr", "failed", "at_budget", "final"}: the flat measures of each
+    run at ``lr`` at the budget step and at its last step (None where a failed run stopped earlier)."""
+    out: dict = {}
+    for r in runs:
+        if r["lr"] != lr:
+            continue
+        pts = {p["step"]: flat(p) for p in r["curve"]}
+        out.setdefault(r["spec"].label, {}).setdefault(r["anchor"], {})[str(r["target"])] = {
+            "lr": r["lr"], "failed": r["failed"], "at_budget": pts.get(budget_step), "final": pts.get(final_step)}
     return out
 
 

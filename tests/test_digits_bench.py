@@ -94,3 +94,14 @@ def test_one_real_run_measures_and_erases():
     assert after["drift"] > 0 == before["drift"] and "held_out_erased_accuracy" in after
     with pytest.raises(ValueError, match="multiple of 4"):
         B.Bench(model, scheduler, judge, n_per_digit=6)
+
+
+def test_per_target_keeps_the_budget_and_final_points():
+    runs = [fake_run(KL, 1e-3, 3, [(10, 0.5, 1.0), (25, 0.0, 2.0)]),
+            fake_run(KL, 3e-3, 3, [(10, 0.1, 1.5)]),
+            fake_run(H, 1e-3, 1, [], failed="non-finite loss")]
+    per = B.per_target(runs, 1e-3, 10, 25)
+    entry = per["KL = MSE"]["near"]["3"]
+    assert entry["at_budget"]["drift"] == 1.0 and entry["final"]["drift"] == 2.0 and entry["lr"] == 1e-3
+    failed = per["squared Hellinger"]["near"]["1"]
+    assert failed["failed"] and failed["at_budget"] is None and failed["final"] is None

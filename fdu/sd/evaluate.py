@@ -106,7 +106,7 @@ def evaluate(base_pipe, unlearned_pipe, concept: str, *, clip_model: str, retain
         if not prompts.get(c):
             raise ValueError(f"no evaluation prompts for {c!r}")
     clip, processor = load_clip(clip_model, str(base_pipe.device))
-    anchor = concept_text(superclass, "object")
+    anchor = superclass
     rows = {"base": {}, "unlearned": {}}
     images = {"base": {}, "unlearned": {}}
     bar = tqdm(total=2 * len(concepts), disable=not progress, desc="evaluate", leave=False)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -34,13 +34,13 @@ class Denoiser(nn.Module):
         self.unet, self.text_encoder, self.tokenizer = unet, text_encoder, tokenizer
 
     def encode(self, prompts: Sequence[str]) -> torch.Tensor:
-        unique = list(dict.fromkeys(prompts))
-        ids = self.tokenizer(unique, padding="max_length", max_length=self.tokenizer.model_max_length,
+        position = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+        ids = self.tokenizer(list(position), padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids.to(self.unet.device)
         train_text = any(p.requires_grad for p in self.text_encoder.parameters())
         with torch.set_grad_enabled(train_text and torch.is_grad_enabled()):
             states = self.text_encoder(ids)[0]
-        index = torch.tensor([unique.index(p) for p in prompts], device=states.device)
+        index = torch.tensor([position[p] for p in prompts], device=states.device)
         return states[index]
 
     def forward(self, x_t, t, prompts):
@@ -74,9 +74,9 @@ def select_parameters(denoiser: Denoiser, group: str) -> dict:
 
 def unlearning_task(pipe, target_prompts: Sequence[str], anchor_prompts: Sequence[str],
                     anchor_latents: torch.Tensor, *, group: str = "kv", hflip: bool = True,
-                    anchor_prompt_of=None, mask_border: int = 0):
+                    mask_border: int = 0):
     """A :class:`fdu.unlearn.Task` for a pipeline. Anchor latent i was generated from anchor prompt
-    ``i % len(anchor_prompts)`` (or ``anchor_prompt_of[i]``); each drawn latent is trained with its own
+    ``i % len(anchor_prompts)``; each drawn latent is trained with its own
     pair: the target prompt and the anchor prompt of the same caption. ``hflip``: flip half the
     latents left-right (the official ``--hflip``). ``mask_border``: leave this many latent pixels at
     each edge out of the closed-form loss (the official mask without augmentation leaves out 1)."""
@@ -89,8 +89,7 @@ def unlearning_task(pipe, target_prompts: Sequence[str], anchor_prompts: Sequenc
     denoiser = Denoiser(pipe.unet, pipe.text_encoder, pipe.tokenizer)
     named = select_parameters(denoiser, group)
     latents = anchor_latents.to(pipe.unet.device)
-    owner = torch.as_tensor(anchor_prompt_of if anchor_prompt_of is not None else
-                            [i % len(anchor_prompts) for i in range(len(latents))])
+    owner = torch.arange(len(latents)) % len(anchor_prompts)
     drawn = {"pairs": None}
     prompts = {"target": list(target_prompts), "anchor": list(anchor_prompts)}
 
@@ -154,7 +153,6 @@ class RunConfig:
     seed: int = 0
     cache_dir: Optional[str] = None
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def _check(cfg: RunConfig):

@@ -1,6 +1,12 @@
-"""The command line: ``python -m fdu unlearn | evaluate | tiny-pipeline | divergences``.
+"""The command line: ``python -m fdu unlearn | evaluate | mini-sd | tiny-pipeline | divergences``.
 
 Examples::
+
+    python -m fdu mini-sd runs/mini                             # the trained mini Stable Diffusion + CLIP
+    python -m fdu unlearn --model runs/mini/pipeline --target "van gogh" --anchor painting \\
+        --divergence squared_hellinger --steps 200 --lr 1e-3 --output runs/mini-vangogh
+    python -m fdu evaluate --model runs/mini/pipeline --unlearned runs/mini-vangogh --concept "van gogh" \\
+        --clip-model runs/mini/clip --eval-prompts runs/mini/eval
 
     python -m fdu tiny-pipeline runs/tiny                       # a CPU-sized pipeline, random weights
     python -m fdu unlearn --model runs/tiny --target "van gogh" --anchor painting \\
@@ -36,7 +42,8 @@ def _unlearn_parser(sub):
     g.add_argument("--superclass", default=None,
                    help="class word of the captions (default: painting for style, people for nudity, the anchor for object)")
     g.add_argument("--captions", default=None,
-                   help="a text file of anchor captions, one per line (default: the shipped captions of the superclass)")
+                   help="a text file of anchor captions, one per line (default: the model folder's own "
+                        "captions/<superclass>.txt if it has one, as the mini model does, else the shipped captions)")
     g.add_argument("--output", required=True, help="folder for checkpoints, unlearned weights, pipeline and summary")
     g = p.add_argument_group("the loss")
     g.add_argument("--divergence", default="kl", help="kl (= MSE), squared_hellinger, pearson_chi2, jensen_shannon, "
@@ -66,6 +73,7 @@ def _unlearn_parser(sub):
                    help="at most this many (a run generates no more than steps x batch x accumulation x processes)")
     g.add_argument("--anchor-steps", type=int, default=25, help="sampler steps per anchor image")
     g.add_argument("--anchor-guidance", type=float, default=6.0)
+    g.add_argument("--anchor-batch-size", type=int, default=4, help="anchor images drawn per pipeline call")
     g.add_argument("--resolution", type=int, default=None, help="image size (default: the model's)")
     g.add_argument("--no-hflip", action="store_true", help="do not flip half the anchor latents")
     g.add_argument("--cache-dir", default=None, help="where anchor images are cached (default: OUTPUT/anchors)")
@@ -80,9 +88,13 @@ def _evaluate_parser(sub):
     p.add_argument("--unlearned", required=True, help="the output folder of `unlearn` (or its pipeline folder)")
     p.add_argument("--concept", required=True, help='the erased concept, e.g. "van gogh"')
     p.add_argument("--retained", nargs="*", default=None, help="retained concepts (default: the shipped hard negatives)")
-    p.add_argument("--concept-type", default="style", choices=["style", "object", "nudity"])
-    p.add_argument("--superclass", default="painting", help="the anchor text of CLIP accuracy")
-    p.add_argument("--prompts-dir", default=None, help="a folder of <concept>.txt prompt files (default: shipped)")
+    p.add_argument("--concept-type", default=None, choices=["style", "object", "nudity"],
+                   help="default: from the concepts.json of --eval-prompts, else style")
+    p.add_argument("--superclass", default=None,
+                   help="the anchor text of CLIP accuracy (default: from concepts.json, else painting)")
+    p.add_argument("--eval-prompts", "--prompts-dir", dest="eval_prompts", default=None,
+                   help="a folder of <concept>.txt prompt files and a concepts.json (retained concepts, "
+                        "superclass, type), e.g. DIR/eval of `mini-sd DIR` (default: the shipped ones)")
     p.add_argument("--clip-model", default="openai/clip-vit-base-patch32")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--guidance", type=float, default=7.5)
@@ -104,6 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
     t.add_argument("--sample-size", type=int, default=8, help="latent size (images are 8x larger)")
     t.add_argument("--seed", type=int, default=0)
+    m = sub.add_parser("mini-sd", help="write the trained mini Stable Diffusion, its CLIP and prompt files to a folder",
+                       description="Write DIR/pipeline (a StableDiffusionPipeline trained on fdu's procedural "
+                                   "world of shapes, colours and painters' styles), DIR/clip (its CLIP) and "
+                                   "DIR/eval (evaluation prompts + concepts.json), from the weights shipped "
+                                   "with fdu; --train rebuilds them from scratch instead.")
+    m.add_argument("folder")
+    m.add_argument("--train", action="store_true",
+                   help="retrain everything from scratch (about 35-45 minutes on a 2-core CPU; resumable: "
+                        "rerun the same command after an interruption)")
+    m.add_argument("--ship", action="store_true",
+                   help="with --train: then copy the result into the package (fdu/sd/data/mini, fp16) with a "
+                        "manifest of the recipe, the build time and the measured quality")
+    m.add_argument("--quiet", action="store_true", help="no progress bars")
     sub.add_parser("divergences", help="list the divergences")
     return parser
 
@@ -119,6 +144,7 @@ def _unlearn(args):
                     critic_lr=args.critic_lr, critic_warmup=args.critic_warmup, sigma=args.sigma,
                     normalization=args.normalization, max_anchor_images=args.max_anchor_images,
                     anchor_steps=args.anchor_steps, anchor_guidance=args.anchor_guidance,
+                    anchor_batch_size=args.anchor_batch_size,
                     resolution=args.resolution, hflip=not args.no_hflip, mask_border=args.mask_border, mixed_precision=args.mixed_precision,
                     checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
                     cache_dir=args.cache_dir, progress=not args.quiet)
@@ -141,17 +167,29 @@ def _unlearn(args):
 def _evaluate(args):
     from .sd.evaluate import evaluate, save_report, table_markdown
     from .sd.pipeline import load_pipeline
-    from .sd.prompts import read_prompt_file
 
     folder = Path(args.unlearned)
     pipe_dir = folder / "pipeline" if (folder / "pipeline" / "model_index.json").is_file() else folder
     base, unlearned = load_pipeline(args.model), load_pipeline(str(pipe_dir))
-    prompts = None
-    if args.prompts_dir:
-        names = [args.concept] + list(args.retained or [])
-        prompts = {c: read_prompt_file(Path(args.prompts_dir) / f"{c.replace(' ', '_')}.txt") for c in names}
-    report = evaluate(base, unlearned, args.concept, clip_model=args.clip_model, retained=args.retained,
-                      prompts=prompts, concept_type=args.concept_type, superclass=args.superclass,
+    prompts, info, retained = None, {}, args.retained
+    if args.eval_prompts:
+        from .sd.prompts import eval_concepts, eval_prompts
+
+        folder = Path(args.eval_prompts)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--eval-prompts {folder} is not a folder of prompt files")
+        if (folder / "concepts.json").is_file():
+            concepts = eval_concepts(folder)
+            if args.concept not in concepts and retained is None:
+                raise ValueError(f"{args.concept!r} is not in {folder / 'concepts.json'}; its concepts: "
+                                 f"{', '.join(concepts)} (or pass --retained)")
+            info = concepts.get(args.concept, {})
+        retained = retained if retained is not None else info.get("retained", [])
+        prompts = {c: eval_prompts(c, folder) for c in [args.concept, *retained]}
+    concept_type = args.concept_type or info.get("concept_type", "style")
+    superclass = args.superclass or info.get("superclass", "painting")
+    report = evaluate(base, unlearned, args.concept, clip_model=args.clip_model, retained=retained,
+                      prompts=prompts, concept_type=concept_type, superclass=superclass,
                       steps=args.steps, guidance=args.guidance, seed=args.seed, size=args.size,
                       progress=not args.quiet)
     out = save_report(report, args.output or (folder / "eval.json"))
@@ -176,6 +214,20 @@ def main(argv=None) -> int:
             build_tiny_clip(Path(args.folder) / "clip", seed=args.seed)
             print(f"wrote a tiny pipeline to {args.folder} (random weights: its images are noise) and a "
                   f"tiny CLIP to {Path(args.folder) / 'clip'}")
+        elif args.command == "mini-sd":
+            from .sd import mini
+
+            if args.ship and not args.train:
+                raise ValueError("--ship copies a fresh build into the package: use it with --train")
+            if args.train:
+                folder = mini.train(args.folder, progress=not args.quiet)
+                if args.ship:
+                    mini.ship(folder, extra=json.loads((folder / "manifest.json").read_text()))
+                    print("shipped to", mini.SHIPPED, "; measured:", json.dumps(mini.measure_shipped()))
+            else:
+                folder = mini.write(args.folder)
+            print(f"wrote the mini Stable Diffusion to {folder / 'pipeline'}, its CLIP to {folder / 'clip'} and "
+                  f"evaluation prompts to {folder / 'eval'}")
         elif args.command == "divergences":
             from .divergences import DIVERGENCES
 

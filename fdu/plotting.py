@@ -37,3 +37,29 @@ def savefig(fig, name: str):
         fig.savefig(path, **extra)
         paths.append(path)
     return paths
+
+
+def image_grid(rows, *, row_labels=None, col_labels=None, title=None, size: float = 1.15):
+    """A figure of PIL images, ``rows`` a list of lists (one list per row), labelled by row and column."""
+    import matplotlib.pyplot as plt
+
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols + 1.2, size * n_rows + 0.5), squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if j < len(row):
+                ax.imshow(row[j])
+            else:
+                ax.axis("off")
+            if j == 0 and row_labels:
+                ax.set_ylabel(row_labels[i], fontsize=8, rotation=0, ha="right", va="center")
+            if i == 0 and col_labels:
+                ax.set_title(col_labels[j], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

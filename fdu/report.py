@@ -16,7 +16,8 @@ NB02 = "02_gradient_magnitudes"
 NB03 = "03_local_convergence"
 NB04 = "04_toy2d_unlearning"
 NB05 = "05_digits_unlearning"
-NOTEBOOKS = (NB01, NB02, NB03, NB04, NB05)
+NB06 = "06_stable_diffusion_unlearning"
+NOTEBOOKS = (NB01, NB02, NB03, NB04, NB05, NB06)
 
 # (number, the paper's statement [source tag in paper.md], who measures it)
 CLAIMS = [
@@ -27,21 +28,21 @@ CLAIMS = [
     (3, "Gradient ordering: per-sample weights Hellinger < MSE < χ² for non-trivial discrepancy [PN]",
      NB02),
     (4, "Headline: the Hellinger closed form consistently dominates MSE (SD 2.1 Van Gogh: erased CS "
-        "0.624 vs 0.635, KID 0.027 vs 0.028) [v2-abs, PN]", "04/05 (toy, digits); SD needs a GPU"),
+        "0.624 vs 0.635, KID 0.027 vs 0.028) [v2-abs, PN]", "04/05/06 (toy, digits, mini-SD); SD needs a GPU"),
     (5, "P-DMU is the strong-erasure mode: lowest erased CA (0.1), retained CA 0.76 [PN]",
-     "04/05 (toy, digits)"),
+     "04/05/06 (toy, digits, mini-SD)"),
     (6, "Variational Hellinger: highest retained scores (CS 0.702, CA 0.88), weaker erasure, higher KID "
-        "(0.051) [PN]", "04/05 (toy, digits)"),
+        "(0.051) [PN]", "04/05/06 (toy, digits, mini-SD)"),
     (7, "Baselines on SD 2.1 Van Gogh: ESD, DoCo, CAbl numbers [PN]", None),
     (8, "Nudity: H-DMU I2P 0.063, MMA 0.049 / 0.042 vs CAbl 0.120, 0.118, 0.141 [PN]", None),
     (9, "Sequential 10-artist erasure: the Hellinger variant gives lower KID on retained artists [PN]",
      None),
     (10, "Anchors: near and superclass anchors preserve unrelated concepts better [AL]",
-     "04/05 (toy, digits)"),
+     "04/05/06 (toy, digits, mini-SD)"),
     (11, "Local convergence: JS and squared Hellinger converge faster (guided by f''(1)) [AL]",
      NB03),
     (12, "Variational estimates depend on batch size; closed forms are exact for any batch [README]",
-     "04/05 (toy, digits)"),
+     "04/05/06 (toy, digits, mini-SD)"),
     (13, "Same optimum for all f: f changes the path and aggressiveness, not the optimum [PN; DER]", NB01),
     (14, "Results carry over to SD 1.4, 1.5, XL, SD3 and FLUX [PN]", None),
 ]
@@ -344,6 +345,11 @@ def _d4(R):
                          verdicts.get("hellinger_vs_mse_matched_erasure", "inconclusive"))
     best = verdicts.get("hellinger_vs_mse_best_erased_seeds",
                         verdicts.get("hellinger_vs_mse_best_erased", "inconclusive"))
+    return text, "digits: " + _hellinger_status(first, best)
+
+
+def _hellinger_status(first: str, best: str) -> str:
+    """Claim 4's status from the paired verdicts at the first and at the best erased checkpoint."""
     if first == best == "a better":
         status = "reproduced"
     elif first == best == "b better":
@@ -359,7 +365,7 @@ def _d4(R):
         status = "inconclusive"
     else:
         status = "not reproduced (no clear difference)"
-    return text, "digits: " + status
+    return status
 
 
 def _d5(R):
@@ -458,8 +464,122 @@ def _with_digits(toy_filler, digits_filler):
     return filler
 
 
-FILLERS = {1: _claim1, 2: _claim2, 3: _claim3, 4: _with_digits(_claim4, _d4), 5: _with_digits(_claim5, _d5),
-           6: _with_digits(_claim6, _d6), 10: _with_digits(_claim10, _d10), 11: _claim11,
+# --- Stable Diffusion scale (notebook 06): the mini SD on a CPU, or a real model on a GPU -------------
+
+def _sd(R):
+    """(comparisons, parameters, scale name, is a real model) of notebook 06, or None."""
+    r = R.get(NB06)
+    if r is None or "comparisons" not in r:
+        return None
+    par = r["_params"]
+    model = str(par.get("model_id", "mini"))
+    real = model not in ("mini", "tiny")
+    return r["comparisons"], par, (f"SD ({model})" if real else "mini-SD"), real
+
+
+def _sscale(c, par, name) -> str:
+    return (f"{name} ('{par['target']}' → '{par['anchor']}', K/V, Adam lr {c['lr']:g}, {c['budget_step']} steps, "
+            f"seeds {par['seeds']}, erased = CLIP accuracy ≤ {c['threshold']:g})")
+
+
+def _s4(R):
+    got = _sd(R)
+    if got is None:
+        return None
+    c, par, name, real = got
+    parts, v = [], c["verdict"]
+    for key, what in (("hellinger_vs_mse_first_erased", "first erased checkpoint"),
+                      ("hellinger_vs_mse_best_erased", "best erased checkpoint")):
+        x = v[key]
+        if x["verdict"] == "inconclusive":
+            parts.append(f"{what}: not both erased")
+            continue
+        parts.append(f"{what}: drift Hellinger {x['mean_drift_a']:.3g} vs MSE {x['mean_drift_b']:.3g} (lower in "
+                     f"{x['a_lower_drift']} of {x['pairs']} seeds), KID {x['mean_kid_a']:.3g} vs {x['mean_kid_b']:.3g} "
+                     f"(lower in {x['a_lower_kid']})")
+    text = _sscale(c, par, name) + ": " + "; ".join(parts) + _source(NB06)
+    status = _hellinger_status(v["hellinger_vs_mse_first_erased"]["verdict"], v["hellinger_vs_mse_best_erased"]["verdict"])
+    return text, name, f"{name}: {status}", real
+
+
+def _s5(R):
+    got = _sd(R)
+    if got is None or "chi2_vs_mse_budget" not in got[0]["verdict"]:
+        return None
+    c, par, name, real = got
+    b, x = c["budget"], c["verdict"]["chi2_vs_mse_budget"]
+    chi, kl = b["Pearson χ²"], b["KL = MSE"]
+    if "erased_accuracy" not in chi or "erased_accuracy" not in kl:
+        return f"{name}: χ² or MSE has no measure at the budget", name, f"{name}: inconclusive", real
+    text = (_sscale(c, par, name) + f", at step {c['budget_step']}: erased CLIP accuracy χ² {_ci(chi['erased_accuracy'])} "
+            f"vs MSE {_ci(kl['erased_accuracy'])}; retained {_ci(chi['retained_accuracy'])} vs "
+            f"{_ci(kl['retained_accuracy'])}; drift {_ci(chi['drift'])} vs {_ci(kl['drift'])}; runs stopped by "
+            f"overflow: {x['failed_runs']}" + _source(NB06))
+    status = ("reproduced" if x["erases_more"] and x["more_damage"] else
+              "contradicted (χ² erases less)" if x.get("erases_less") else
+              "partly (stronger erasure, not more damage)" if x["erases_more"] else
+              "partly (more damage, not stronger erasure)" if x["more_damage"] else
+              "not reproduced (no separated difference)")
+    return text, name, f"{name}: {status}", real
+
+
+def _s6(R):
+    got = _sd(R)
+    if got is None or "variational_hellinger_budget" not in got[0]["verdict"]:
+        return None
+    c, par, name, real = got
+    b, x = c["budget"], c["verdict"]["variational_hellinger_budget"]
+    vh, h = b.get("variational Hellinger", {}), b.get("squared Hellinger", {})
+    if "retained_accuracy" not in vh or "retained_accuracy" not in h:
+        return f"{name}: no measure at the budget", name, f"{name}: inconclusive", real
+    text = (f"{name} (seed {par['seed']}, {c['budget_step']} steps, lr {c['lr']:g}): variational vs closed-form "
+            f"Hellinger, erased CLIP accuracy {_ci(vh['erased_accuracy'])} vs {_ci(h['erased_accuracy'])}, retained "
+            f"{_ci(vh['retained_accuracy'])} vs {_ci(h['retained_accuracy'])}, KID {_ci(vh['kid'])} vs {_ci(h['kid'])}; "
+            f"highest retained accuracy of all losses: {x['best_retained']}" + _source(NB06))
+    hits = sum(bool(x[k]) for k in ("best_retained", "weaker_erasure_than_closed_hellinger",
+                                    "higher_kid_than_closed_hellinger"))
+    return text, name, f"{name}: " + ("reproduced" if hits == 3 else "partly" if hits else "not reproduced"), real
+
+
+def _s10(R):
+    got = _sd(R)
+    if got is None or "anchors" not in got[0]["verdict"]:
+        return None
+    c, par, name, real = got
+    x = c["verdict"]["anchors"]
+    drift = "; ".join(f"{label}: " + ", ".join(f"{a} {d['drift']['value']:.3g}" for a, d in per.items())
+                      for label, per in c["anchors"].items() if len(per) > 1)
+    text = (f"{name} ('{par['target']}'; superclass '{par['anchor']}', near '{par['near_anchor']}', empty; seed "
+            f"{par['seed']}, {c['budget_step']} steps): drift on the retained artists — {drift}; losses whose drift is "
+            f"lower than with the empty prompt: near {x['near_less_drift_than_empty']}, superclass "
+            f"{x['superclass_less_drift_than_empty']}" + _source(NB06))
+    fr = [int(k) / int(n) if int(n) else 0 for k, n in (y.split(" of ") for y in x.values())]
+    status = "reproduced" if min(fr) == 1 else "partly" if max(fr) > 0.5 else "not reproduced"
+    return text, name, f"{name}: {status}", real
+
+
+def _with_sd(row_filler, sd_filler):
+    """A row of the toy and digits scales with notebook 06's verdict added: the mini SD goes before
+    "SD: not checkable here"; a real model's verdict replaces it."""
+    def filler(R):
+        row, sd = row_filler(R), sd_filler(R)
+        if sd is None:
+            return row
+        sd_text, sd_scale, sd_status, real = sd
+        text, scale, status = row or ("", "", "SD: not checkable here")
+        head, sep, tail = status.partition("SD:")
+        if real:
+            text = text.replace(SD_NOTE, "")
+            status = f"{head}{sd_status}"
+        else:
+            status = f"{head}{sd_status}; {sep}{tail}"
+        return (f"{text}. {sd_text}" if text else sd_text), (f"{scale}; {sd_scale}" if scale else sd_scale), status
+    return filler
+
+
+FILLERS = {1: _claim1, 2: _claim2, 3: _claim3, 4: _with_sd(_with_digits(_claim4, _d4), _s4),
+           5: _with_sd(_with_digits(_claim5, _d5), _s5), 6: _with_sd(_with_digits(_claim6, _d6), _s6),
+           10: _with_sd(_with_digits(_claim10, _d10), _s10), 11: _claim11,
            12: _with_digits(_claim12, _d12), 13: _claim13}
 
 

@@ -68,11 +68,14 @@ def _put_in(concept_type: str, concept: str, caption: str, superclass: str, rng:
 
 
 def build_prompts(concept_type: str, target: str, anchor: str, *, superclass: str | None = None,
-                  captions: Sequence[str] | str | Path | None = None, seed: int = 0) -> tuple[list, list]:
+                  captions: Sequence[str] | str | Path | None = None, seed: int = 0,
+                  model_dir: str | Path | None = None) -> tuple[list, list]:
     """(target prompts, anchor prompts), aligned, one pair per caption. ``anchor``: the superclass word
     (e.g. "painting"), "" for the empty prompt, or any other concept (a near anchor). ``superclass``:
     the captions' class (default: "painting" for styles, "people" for nudity, the anchor for objects).
-    ``captions``: a list or a prompt file, instead of the shipped captions of the superclass."""
+    ``captions``: a list or a prompt file, instead of the shipped captions of the superclass; without
+    it, a model folder that carries ``captions/<superclass>.txt`` (``model_dir``, as the mini model
+    does) supplies its own."""
     if concept_type not in CONCEPT_TYPES:
         raise ValueError(f"concept_type must be one of {CONCEPT_TYPES}, got {concept_type!r}")
     if not target or not target.strip():
@@ -83,7 +86,10 @@ def build_prompts(concept_type: str, target: str, anchor: str, *, superclass: st
         if not superclass:
             raise ValueError("an object concept with the empty anchor needs superclass= (the class word "
                              "of the captions, e.g. 'cat')")
-    if captions is None:
+    own = Path(model_dir) / "captions" / f"{superclass.strip().lower().replace(' ', '_')}.txt" if model_dir else None
+    if captions is None and own is not None and own.is_file():
+        caps = read_prompt_file(own)
+    elif captions is None:
         caps = captions_for(superclass)
     elif isinstance(captions, (str, Path)):
         caps = read_prompt_file(captions)
@@ -104,17 +110,25 @@ def build_prompts(concept_type: str, target: str, anchor: str, *, superclass: st
     return targets, anchors
 
 
-def eval_concepts() -> dict:
-    """The evaluation concepts we ship prompts for: concept -> its type, superclass, near anchor and
-    retained (hard-negative) concepts (paper.md §4.4)."""
-    return json.loads((DATA / "eval" / "concepts.json").read_text())
-
-
-def eval_prompts(concept: str) -> list:
-    """The shipped evaluation prompts of a concept (10 each; written by us, not the official files)."""
-    path = DATA / "eval" / f"{concept.strip().lower().replace(' ', '_')}.txt"
+def eval_concepts(folder=None) -> dict:
+    """The evaluation concepts of a prompt folder (default: the ones we ship): concept -> its type,
+    superclass, near anchor and retained (hard-negative) concepts (paper.md §4.4). ``folder``: a folder
+    with a ``concepts.json`` and ``<concept>.txt`` files, e.g. ``DIR/eval`` of ``python -m fdu mini-sd DIR``."""
+    folder = Path(folder) if folder else DATA / "eval"
+    path = folder / "concepts.json"
     if not path.is_file():
-        have = sorted(p.stem.replace("_", " ") for p in (DATA / "eval").glob("*.txt"))
-        raise ValueError(f"no shipped evaluation prompts for {concept!r}; shipped: {', '.join(have)}. "
-                         "Pass your own prompt file")
+        raise FileNotFoundError(f"no concepts.json in {folder}: an evaluation prompt folder holds one "
+                                "(concept -> concept_type, superclass, retained) beside <concept>.txt files")
+    return json.loads(path.read_text())
+
+
+def eval_prompts(concept: str, folder=None) -> list:
+    """The evaluation prompts of a concept in a prompt folder (default: the ones we ship, 10 each,
+    written by us, not the official files)."""
+    folder = Path(folder) if folder else DATA / "eval"
+    path = folder / f"{concept.strip().lower().replace(' ', '_')}.txt"
+    if not path.is_file():
+        have = sorted(p.stem.replace("_", " ") for p in folder.glob("*.txt"))
+        raise ValueError(f"no evaluation prompts for {concept!r} in {folder}; there are: {', '.join(have)}. "
+                         "Pass your own prompt folder")
     return read_prompt_file(path)

@@ -144,6 +144,7 @@ class RunConfig:
     max_anchor_images: int = 1000
     anchor_steps: int = 25
     anchor_guidance: float = 6.0
+    anchor_batch_size: int = 4
     resolution: Optional[int] = None
     hflip: bool = True
     mask_border: int = 1
@@ -166,9 +167,23 @@ def _check(cfg: RunConfig):
         raise ValueError(f"--concept-type must be one of {CONCEPT_TYPES}, got {cfg.concept_type!r}")
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"--mixed-precision must be 'no', 'fp16' or 'bf16', got {cfg.mixed_precision!r}")
-    for name in ("steps", "batch_size", "gradient_accumulation_steps", "max_anchor_images"):
+    for name in ("steps", "batch_size", "gradient_accumulation_steps", "max_anchor_images", "anchor_batch_size"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+
+
+def check_known_concepts(cfg: RunConfig):
+    """A model folder that lists the concepts it knows (``world.json``, as the mini model does) gets a
+    clear error for a target or anchor it does not know, before anything is loaded or trained."""
+    path = Path(cfg.model) / "world.json"
+    if not path.is_file():
+        return
+    known = json.loads(path.read_text())
+    valid = [c for kind in ("styles", "objects") for c in known.get(kind, [])]
+    for what, name in (("target", cfg.target), ("anchor", cfg.anchor)):
+        if name and name.strip().lower() not in valid:
+            raise ValueError(f"--{what} {name!r} is not a concept of the model {cfg.model} (its world.json): "
+                             f"styles {', '.join(known.get('styles', []))}; objects {', '.join(known.get('objects', []))}")
 
 
 def latest_checkpoint(folder) -> Optional[Path]:
@@ -190,6 +205,7 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
     from .prompts import build_prompts
 
     _check(cfg)
+    check_known_concepts(cfg)
     acc = accelerator
     if acc is None:
         from accelerate.state import AcceleratorState, PartialState
@@ -209,7 +225,7 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
     t0 = time.time()
     pipe = load_pipeline(cfg.model, device=str(acc.device))
     targets, anchors = build_prompts(cfg.concept_type, cfg.target, cfg.anchor, superclass=cfg.superclass,
-                                     captions=cfg.captions, seed=cfg.seed)
+                                     captions=cfg.captions, seed=cfg.seed, model_dir=cfg.model)
     # no more anchor images than the run can use (every process draws its own batches)
     needed = cfg.steps * cfg.batch_size * cfg.gradient_accumulation_steps * acc.num_processes
     n_images = min(needed, cfg.max_anchor_images)
@@ -220,6 +236,7 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
         latents = generate_anchor_latents(pipe, anchors, n_images, cache, height=size, width=size,
                                           steps=cfg.anchor_steps, guidance=cfg.anchor_guidance,
                                           seed=cfg.seed, negative_prompt=negative,
+                                          batch_size=cfg.anchor_batch_size,
                                           progress=cfg.progress and acc.is_main_process)
     task = unlearning_task(pipe, targets, anchors, latents, group=cfg.group, hflip=cfg.hflip,
                            mask_border=cfg.mask_border)

@@ -93,9 +93,10 @@ def _uint8(images) -> torch.Tensor:
 def evaluate(base_pipe, unlearned_pipe, concept: str, *, clip_model: str, retained: Sequence[str] | None = None,
              prompts: dict | None = None, concept_type: str = "style", superclass: str = "painting",
              steps: int = 30, guidance: float = 7.5, seed: int = 0, size: int | None = None,
-             kid_subset: int = 50, progress: bool = True) -> dict:
+             kid_subset: int = 50, progress: bool = True, cache: dict | None = None) -> dict:
     """CS, CA (erased concept and each retained one) for both models, and KID of the unlearned model's
-    images against the base model's. ``prompts``: concept -> prompt list (default: the shipped files)."""
+    images against the base model's. ``prompts``: concept -> prompt list (default: the shipped files).
+    ``cache``: a dict kept between calls with the same base model, so its images are drawn once."""
     from torchmetrics.image.kid import KernelInceptionDistance
     from tqdm.auto import tqdm
 
@@ -115,7 +116,13 @@ def evaluate(base_pipe, unlearned_pipe, concept: str, *, clip_model: str, retain
     bar = tqdm(total=2 * len(concepts), disable=not progress, desc="evaluate", leave=False)
     for name, pipe in (("base", base_pipe), ("unlearned", unlearned_pipe)):
         for c in concepts:
-            ims = generate(pipe, prompts[c], steps=steps, guidance=guidance, seed=seed, size=size)
+            key = (tuple(prompts[c]), steps, guidance, seed, size)
+            if name == "base" and cache is not None and key in cache:
+                ims = cache[key]
+            else:
+                ims = generate(pipe, prompts[c], steps=steps, guidance=guidance, seed=seed, size=size)
+            if name == "base" and cache is not None:
+                cache[key] = ims
             images[name][c] = ims
             s = clip_scores(clip, processor, ims, [concept_text(c, concept_type), anchor])
             rows[name][c] = {"clip_score": float(s[:, 0].mean()),

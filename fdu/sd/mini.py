@@ -176,7 +176,7 @@ def measure_shipped(source: Path = SHIPPED, **quality_options) -> dict:
         clip, processor = load_clip(str(folder / "clip"))
         q = quality(pipe, clip, processor, **quality_options)
     info = manifest(source)
-    info["quality"] = {"clip_real": q["clip_real"], "samples": q["samples"]}
+    info["quality"] = {k: q[k] for k in ("clip_real", "samples")}
     (Path(source) / MANIFEST).write_text(json.dumps(info, indent=1))
     return info["quality"]
 
@@ -217,19 +217,25 @@ def to_pil(images: torch.Tensor) -> list:
     return [Image.fromarray(a) for a in arr]
 
 
-def sample_prompts(n: int, seed: int = 1) -> tuple[list, list]:
-    """n prompts naming a style (the plain one included), an object and a colour, in the training
-    templates, and their items; styles cycle so each has the same share."""
+def sample_prompts(n: int, seed: int = 1, kind: str = "all") -> tuple[list, list]:
+    """n prompts and their items, in the training templates. ``kind``: "style" — an artist, an object
+    and a colour ("a red star, in the style of monet"), artists cycling; "object" — an object and a
+    colour alone ("a red star", the plain rendering), objects cycling; "all" — a style (the plain one
+    included), an object and a colour, styles cycling."""
     import random
 
-    g = random.Random(seed)
-    items = [world.Item(i % len(world.STYLES), g.randrange(len(world.OBJECTS)), g.randrange(len(world.COLOURS)))
-             for i in range(n)]
-    prompts = []
-    for it in items:
-        style, obj, colour = it.names
-        prompts.append(f"a painting of a {colour} {obj}" if it.style == 0 else
-                       f"a {colour} {obj}, in the style of {style}")
+    if kind not in ("style", "object", "all"):
+        raise ValueError(f"kind must be 'style', 'object' or 'all', got {kind!r}")
+    g = random.Random(f"{seed}-{kind}")
+    items, prompts = [], []
+    for i in range(n):
+        style = {"style": 1 + i % len(world.ARTISTS), "object": 0, "all": i % len(world.STYLES)}[kind]
+        obj = i % len(world.OBJECTS) if kind == "object" else g.randrange(len(world.OBJECTS))
+        it = world.Item(style, obj, g.randrange(len(world.COLOURS)))
+        s_, o_, c_ = it.names
+        items.append(it)
+        prompts.append((f"a {c_} {o_}" if kind == "object" else f"a painting of a {c_} {o_}") if style == 0 else
+                       f"a {c_} {o_}, in the style of {s_}")
     return prompts, items
 
 
@@ -240,9 +246,11 @@ def quality(pipe, clip, processor, *, n_real: int = 360, n_samples: int = 72, st
 
     * ``clip_real``: the mini CLIP on held-out rendered images: CLIP accuracy as in
       :func:`fdu.sd.evaluate.evaluate` (CS(concept) > CS(superclass), averaged over the artists and over
-      the objects) and zero-shot accuracy among all styles / all objects;
-    * ``samples``: images the pipeline draws for prompts naming a style, an object and a colour
-      (``steps`` DDIM steps, guidance ``guidance``, seeds ``seed + i``), judged zero-shot by the mini CLIP.
+      the objects) and zero-shot accuracy among all styles / all objects (what judges the samples);
+    * ``samples``: images the pipeline draws (``steps`` DDIM steps, guidance ``guidance``, seeds
+      ``seed + i``), judged zero-shot by the mini CLIP: ``style_accuracy`` over style prompts (an artist
+      named), ``object_accuracy`` over object prompts (an object and a colour, no style), and
+      ``object_accuracy_in_styles`` over prompts naming a style, an object and a colour.
     """
     from .evaluate import clip_scores
 
@@ -259,15 +267,17 @@ def quality(pipe, clip, processor, *, n_real: int = 360, n_samples: int = 72, st
     real = {"images": len(items), "clip_accuracy_style": float(ca_style), "clip_accuracy_object": float(ca_object),
             "zero_shot_style": float((s.argmax(1) == st).float().mean()),
             "zero_shot_object": float((o.argmax(1) == ob).float().mean())}
-    prompts, sitems = sample_prompts(n_samples)
-    drawn = []
-    for i in range(0, len(prompts), batch):
-        gens = [torch.Generator().manual_seed(seed + j) for j in range(i, min(i + batch, len(prompts)))]
-        drawn += pipe(prompts[i:i + batch], num_inference_steps=steps, guidance_scale=guidance, generator=gens).images
-    verdict = judge(clip, processor, drawn)
-    st = torch.tensor([it.style for it in sitems])
-    ob = torch.tensor([it.shape for it in sitems])
-    samples = {"images": len(drawn), "steps": steps, "guidance": guidance,
-               "style_accuracy": float((verdict["style"] == st).float().mean()),
-               "object_accuracy": float((verdict["object"] == ob).float().mean())}
-    return {"clip_real": real, "samples": samples, "sample_images": drawn, "sample_prompts": prompts}
+    samples = {"images_per_kind": n_samples, "steps": steps, "guidance": guidance}
+    drawn = {}
+    for kind, attr, key in (("style", "style", "style_accuracy"), ("object", "shape", "object_accuracy"),
+                            ("all", "shape", "object_accuracy_in_styles")):
+        prompts, sitems = sample_prompts(n_samples, kind=kind)
+        ims = []
+        for i in range(0, len(prompts), batch):
+            gens = [torch.Generator().manual_seed(seed + j) for j in range(i, min(i + batch, len(prompts)))]
+            ims += pipe(prompts[i:i + batch], num_inference_steps=steps, guidance_scale=guidance, generator=gens).images
+        verdict = judge(clip, processor, ims)
+        want = torch.tensor([getattr(it, attr) for it in sitems])
+        samples[key] = float((verdict["style" if attr == "style" else "object"] == want).float().mean())
+        drawn[kind] = (prompts, ims)
+    return {"clip_real": real, "samples": samples, "drawn": drawn}

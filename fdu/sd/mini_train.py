@@ -12,8 +12,10 @@ an interrupted build resumes at the stage (and the UNet at its last checkpoint) 
    its ``scaling_factor`` is set from the latents' standard deviation, as SD's 0.18215 was;
 5. the UNet (``UNet2DConditionModel`` with cross-attention, ε-prediction, SD's scaled-linear betas) and
    the text encoder (``CLIPTextModel``, initialised from the CLIP's text tower, as SD's text encoder is a
-   CLIP's), on the VAE's latents with 10 % empty captions for classifier-free guidance, EMA weights;
-6. the pipeline folder (``StableDiffusionPipeline`` with a DDIM scheduler) and the CLIP folder, written
+   CLIP's), on the VAE's latents with 10 % empty captions for classifier-free guidance, EMA weights; then
+   a second phase with half the timesteps drawn from the noisy end, where the objects' shapes form;
+6. the CLIP trained further on texts that always name the object (shapes are what it learns last);
+7. the pipeline folder (``StableDiffusionPipeline`` with a DDIM scheduler) and the CLIP folder, written
    to a temporary name and renamed into place at the end: a build never leaves a half-written model.
 """
 from __future__ import annotations
@@ -63,6 +65,11 @@ class Recipe:
     unet_batch: int = 64
     unet_lr: float = 1e-3
     unet_warmup: int = 100
+    unet2_steps: int = 1000        # phase 2: more weight on the noisy timesteps, where shapes form
+    unet2_lr: float = 5e-4
+    unet2_warmup: int = 50
+    unet2_high_t_share: float = 0.5
+    high_t_from: int = 400
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     checkpoint_every: int = 250
@@ -70,8 +77,9 @@ class Recipe:
     @classmethod
     def quick(cls) -> "Recipe":
         """A few steps of every stage (tests)."""
-        return cls(n_images=256, vocab_size=560, clip_steps=3, clip_object_steps=2, clip_batch=32, vae_steps=3, vae_batch=16,
-                   unet_steps=4, unet_batch=8, unet_warmup=2, checkpoint_every=2)
+        return cls(n_images=256, vocab_size=560, clip_steps=3, clip_object_steps=2, clip_batch=32,
+                   vae_steps=3, vae_batch=16, unet_steps=4, unet2_steps=2, unet_batch=8, unet_warmup=2,
+                   checkpoint_every=2)
 
 
 def _atomic_dir(final: Path, write) -> Path:
@@ -267,8 +275,14 @@ def _ema_update(ema, model, decay):
             e.lerp_(p, 1 - decay)
 
 
-def train_unet(latents, items, tokenizer, clip, recipe: Recipe, ckpt: Path, progress=True):
-    """UNet + text encoder on the latents; resumes from ``ckpt`` (written every checkpoint_every steps)."""
+def train_unet(latents, items, tokenizer, clip, recipe: Recipe, ckpt: Path, progress=True, *, phase: int = 1,
+               start: Path | None = None):
+    """UNet + text encoder on the latents; resumes from ``ckpt`` (written every checkpoint_every steps).
+
+    Phase 1 starts from scratch (the text encoder from the CLIP's text tower). Phase 2 continues phase
+    1's weights and EMA (``start``: its checkpoint) with a fresh optimiser at ``unet2_lr`` and draws a
+    share ``unet2_high_t_share`` of the timesteps from [``high_t_from``, T): the noisy steps where the
+    layout, and so the object's shape, is decided (styles and colours are learned first)."""
     from diffusers import DDPMScheduler
     from transformers import CLIPTextModel
 
@@ -278,12 +292,18 @@ def train_unet(latents, items, tokenizer, clip, recipe: Recipe, ckpt: Path, prog
     text.load_state_dict(clip.text_model.state_dict())
     models = torch.nn.ModuleList([unet, text])
     ema = copy.deepcopy(models).requires_grad_(False)
-    opt = torch.optim.AdamW(models.parameters(), lr=recipe.unet_lr, weight_decay=0.0)
-    total = recipe.unet_steps
-    sched = _schedule(opt, total, recipe.unet_warmup)
+    if phase == 2:
+        state = torch.load(start, weights_only=False)
+        models.load_state_dict(state["models"])
+        ema.load_state_dict(state["ema"])
+    total, lr, warmup = ((recipe.unet_steps, recipe.unet_lr, recipe.unet_warmup) if phase == 1 else
+                         (recipe.unet2_steps, recipe.unet2_lr, recipe.unet2_warmup))
+    opt = torch.optim.AdamW(models.parameters(), lr=lr, weight_decay=0.0)
+    sched = _schedule(opt, total, warmup)
     noise = DDPMScheduler.from_config(new_scheduler().config)
-    gen = torch.Generator().manual_seed(recipe.seed + 3)
-    rng = random.Random(recipe.seed + 3)
+    T = noise.config.num_train_timesteps
+    gen = torch.Generator().manual_seed(recipe.seed + (3 if phase == 1 else 13))
+    rng = random.Random(recipe.seed + (3 if phase == 1 else 13))
     step = 0
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
@@ -294,7 +314,7 @@ def train_unet(latents, items, tokenizer, clip, recipe: Recipe, ckpt: Path, prog
         gen.set_state(state["gen"])
         rng.setstate(state["rng"])
         step = state["step"]
-    bar = _bar(total, "UNet", progress)
+    bar = _bar(total, f"UNet (phase {phase})", progress)
     bar.update(step)
     while step < total:
         idx = torch.randint(len(latents), (recipe.unet_batch,), generator=gen)
@@ -303,7 +323,10 @@ def train_unet(latents, items, tokenizer, clip, recipe: Recipe, ckpt: Path, prog
                         return_tensors="pt").input_ids
         x0 = latents[idx]
         eps = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, noise.config.num_train_timesteps, (len(idx),), generator=gen)
+        t = torch.randint(0, T, (len(idx),), generator=gen)
+        if phase == 2:
+            high = torch.rand(len(idx), generator=gen) < recipe.unet2_high_t_share
+            t = torch.where(high, torch.randint(recipe.high_t_from, T, (len(idx),), generator=gen), t)
         pred = unet(noise.add_noise(x0, eps, t), t, encoder_hidden_states=text(ids)[0]).sample
         loss = F.mse_loss(pred, eps)
         opt.zero_grad()
@@ -311,7 +334,7 @@ def train_unet(latents, items, tokenizer, clip, recipe: Recipe, ckpt: Path, prog
         torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
         opt.step()
         sched.step()
-        _ema_update(ema, models, min(recipe.ema_decay, (1 + step) / (10 + step)))
+        _ema_update(ema, models, min(recipe.ema_decay, (1 + step) / (10 + step)) if phase == 1 else recipe.ema_decay)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -367,6 +390,10 @@ def build(folder, recipe: Recipe | None = None, progress: bool = True, log=print
     log(f"VAE latents {tuple(latents.shape[1:])}, scaling_factor {vae.config.scaling_factor:.4f}")
     unet, text = timed("unet", lambda: train_unet(latents, items, tokenizer, clip, recipe,
                                                   work / "unet.ckpt", progress))
+    if recipe.unet2_steps:
+        unet, text = timed("unet_phase2", lambda: train_unet(latents, items, tokenizer, clip, recipe,
+                                                             work / "unet2.ckpt", progress, phase=2,
+                                                             start=work / "unet.ckpt"))
     if not (work / "clip_objects").is_dir():    # the CLIP continues, after the text encoder took its start
         clip2 = timed("clip_objects", lambda: train_clip(images, items, tokenizer, recipe, progress, model=clip))
         _atomic_dir(work / "clip_objects", lambda d: clip2.save_pretrained(str(d)))

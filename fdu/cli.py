@@ -175,17 +175,17 @@ def _evaluate(args):
     if args.eval_prompts:
         from .sd.prompts import eval_concepts, eval_prompts
 
-        folder = Path(args.eval_prompts)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"--eval-prompts {folder} is not a folder of prompt files")
-        if (folder / "concepts.json").is_file():
-            concepts = eval_concepts(folder)
+        prompt_dir = Path(args.eval_prompts)
+        if not prompt_dir.is_dir():
+            raise FileNotFoundError(f"--eval-prompts {prompt_dir} is not a prompt_dir of prompt files")
+        if (prompt_dir / "concepts.json").is_file():
+            concepts = eval_concepts(prompt_dir)
             if args.concept not in concepts and retained is None:
-                raise ValueError(f"{args.concept!r} is not in {folder / 'concepts.json'}; its concepts: "
+                raise ValueError(f"{args.concept!r} is not in {prompt_dir / 'concepts.json'}; its concepts: "
                                  f"{', '.join(concepts)} (or pass --retained)")
             info = concepts.get(args.concept, {})
         retained = retained if retained is not None else info.get("retained", [])
-        prompts = {c: eval_prompts(c, folder) for c in [args.concept, *retained]}
+        prompts = {c: eval_prompts(c, prompt_dir) for c in [args.concept, *retained]}
     concept_type = args.concept_type or info.get("concept_type", "style")
     superclass = args.superclass or info.get("superclass", "painting")
     report = evaluate(base, unlearned, args.concept, clip_model=args.clip_model, retained=retained,

@@ -568,7 +568,9 @@ def _with_sd(row_filler, sd_filler):
         sd_text, sd_scale, sd_status, real = sd
         text, scale, status = row or ("", "", "SD: not checkable here")
         head, sep, tail = status.partition("SD:")
-        if real:
+        if not sep:
+            status = f"{status}; {sd_status}"
+        elif real:
             text = text.replace(SD_NOTE, "")
             status = f"{head}{sd_status}"
         else:

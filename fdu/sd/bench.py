@@ -159,9 +159,11 @@ def run(bench: Bench, spec: LossSpec, *, model: str, workdir, anchor: str, ancho
     ``anchor_kind``: "superclass", "near" or "empty" (how the comparisons group the run)."""
     from .train import RunConfig, run as sd_run
 
-    every = min(checkpoints)
-    if any(c % every for c in checkpoints) or max(checkpoints) != steps:
-        raise ValueError(f"checkpoints must be multiples of the smallest and end at steps={steps}, got {checkpoints}")
+    import math
+
+    every = math.gcd(*checkpoints)
+    if max(checkpoints) != steps:
+        raise ValueError(f"the last checkpoint must be steps={steps}, got {checkpoints}")
     tag = f"{spec.divergence}{'-var' if spec.variational else ''}-{anchor or 'empty'}-s{seed}".replace(" ", "_")
     out = Path(workdir) / tag
     cfg = RunConfig(model=model, target=bench.target, anchor=anchor, output=str(out),

@@ -477,6 +477,15 @@ def _sd(R):
     return r["comparisons"], par, (f"SD ({model})" if real else "mini-SD"), real
 
 
+def _sd_claim(R, key: str):
+    """(comparisons, parameters, scale name, is real, budget table, the verdict ``key``), or None."""
+    got = _sd(R)
+    if got is None or key not in got[0]["verdict"]:
+        return None
+    c = got[0]
+    return (*got, c["budget"], c["verdict"][key])
+
+
 def _sscale(c, par, name) -> str:
     return (f"{name} ('{par['target']}' → '{par['anchor']}', K/V, Adam lr {c['lr']:g}, {c['budget_step']} steps, "
             f"seeds {par['seeds']}, erased = CLIP accuracy ≤ {c['threshold']:g})")
@@ -503,11 +512,10 @@ def _s4(R):
 
 
 def _s5(R):
-    got = _sd(R)
-    if got is None or "chi2_vs_mse_budget" not in got[0]["verdict"]:
+    got = _sd_claim(R, "chi2_vs_mse_budget")
+    if got is None:
         return None
-    c, par, name, real = got
-    b, x = c["budget"], c["verdict"]["chi2_vs_mse_budget"]
+    c, par, name, real, b, x = got
     chi, kl = b["Pearson χ²"], b["KL = MSE"]
     if "erased_accuracy" not in chi or "erased_accuracy" not in kl:
         return f"{name}: χ² or MSE has no measure at the budget", name, f"{name}: inconclusive", real
@@ -524,11 +532,10 @@ def _s5(R):
 
 
 def _s6(R):
-    got = _sd(R)
-    if got is None or "variational_hellinger_budget" not in got[0]["verdict"]:
+    got = _sd_claim(R, "variational_hellinger_budget")
+    if got is None:
         return None
-    c, par, name, real = got
-    b, x = c["budget"], c["verdict"]["variational_hellinger_budget"]
+    c, par, name, real, b, x = got
     vh, h = b.get("variational Hellinger", {}), b.get("squared Hellinger", {})
     if "retained_accuracy" not in vh or "retained_accuracy" not in h:
         return f"{name}: no measure at the budget", name, f"{name}: inconclusive", real
@@ -542,11 +549,10 @@ def _s6(R):
 
 
 def _s10(R):
-    got = _sd(R)
-    if got is None or "anchors" not in got[0]["verdict"]:
+    got = _sd_claim(R, "anchors")
+    if got is None:
         return None
-    c, par, name, real = got
-    x = c["verdict"]["anchors"]
+    c, par, name, real, _, x = got
     drift = "; ".join(f"{label}: " + ", ".join(f"{a} {d['drift']['value']:.3g}" for a, d in per.items())
                       for label, per in c["anchors"].items() if len(per) > 1)
     text = (f"{name} ('{par['target']}'; superclass '{par['anchor']}', near '{par['near_anchor']}', empty; seed "

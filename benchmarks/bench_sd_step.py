@@ -22,7 +22,8 @@ def measure(arch: str, reference: str, steps: int, batch: int, device: str, dtyp
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    from fdu.unlearn import Task, UnlearnConfig, unlearn
+    from fdu.layers import is_cross_attention_kv
+    from fdu.unlearn import AnchorBatch, Task, UnlearnConfig, unlearn
 
     torch.manual_seed(0)
     dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
@@ -36,15 +37,18 @@ def measure(arch: str, reference: str, steps: int, batch: int, device: str, dtyp
         size, text_dim = 8, unet.config.cross_attention_dim
     unet = unet.to(device, dt)
     for n, p in unet.named_parameters():
-        p.requires_grad_(".attn2.to_k." in n or ".attn2.to_v." in n)
+        p.requires_grad_(is_cross_attention_kv(n))
     states = {c: torch.randn(1, 77, text_dim, device=device, dtype=dt) for c in ("target", "anchor")}
     latents = torch.randn(64, 4, size, size, device=device, dtype=dt)
 
     def forward(m, x_t, t, c):
         return m(x_t, t.to(device), encoder_hidden_states=states[c].expand(x_t.shape[0], -1, -1)).sample
 
-    task = Task(model=unet, forward=forward, sample_anchor_x0=lambda n, g: latents[torch.randint(64, (n,), generator=g)],
-                target="target", anchor="anchor", scheduler=DDPMScheduler(num_train_timesteps=1000))
+    def sample_anchor_x0(n, g):
+        return AnchorBatch(latents[torch.randint(64, (n,), generator=g)], "target", "anchor")
+
+    task = Task(model=unet, forward=forward, sample_anchor_x0=sample_anchor_x0,
+                scheduler=DDPMScheduler(num_train_timesteps=1000))
     if reference == "full-copy":
         task.reference = copy.deepcopy(unet).requires_grad_(False)
     cfg = UnlearnConfig(divergence="squared_hellinger", steps=2, batch_size=batch, lr=1e-5, progress=False)

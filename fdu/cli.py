@@ -25,59 +25,27 @@ import sys
 from pathlib import Path
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one to show."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default in (None, (), argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _unlearn_parser(sub):
+    from .options import add_arguments
+    from .sd.train import ANCHOR_IMAGES, ERASE, RunConfig
+
     p = sub.add_parser(
         "unlearn", help="erase a concept from a Stable Diffusion pipeline",
         description="Erase a concept from a Stable Diffusion 1.x/2.x pipeline with any f-divergence: the "
                     "trained model's output for the target prompt is pulled towards the original model's "
-                    "output for the anchor prompt, on images the original model draws for the anchor.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("what to erase")
-    g.add_argument("--model", required=True, help="hub id or local pipeline folder (offline: a folder or the hub cache)")
-    g.add_argument("--target", required=True, help='the concept to erase, e.g. "van gogh"')
-    g.add_argument("--anchor", required=True,
-                   help='what to map it to: the superclass ("painting"), a near concept ("salvador dali"), or "" (the empty prompt)')
-    g.add_argument("--concept-type", default="style", choices=["style", "object", "nudity"],
-                   help="how target prompts are built from captions (paper.md §4.2)")
-    g.add_argument("--superclass", default=None,
-                   help="class word of the captions (default: painting for style, people for nudity, the anchor for object)")
-    g.add_argument("--captions", default=None,
-                   help="a text file of anchor captions, one per line (default: the model folder's own "
-                        "captions/<superclass>.txt if it has one, as the mini model does, else the shipped captions)")
-    g.add_argument("--output", required=True, help="folder for checkpoints, unlearned weights, pipeline and summary")
-    g = p.add_argument_group("the loss")
-    g.add_argument("--divergence", default="kl", help="kl (= MSE), squared_hellinger, pearson_chi2, jensen_shannon, "
-                   "alpha (with --alpha), reverse_kl, total_variation, ... (`python -m fdu divergences`)")
-    g.add_argument("--alpha", type=float, default=None, help="for --divergence alpha")
-    g.add_argument("--variational", action="store_true", help="min-max form with a patch critic instead of the closed form")
-    g.add_argument("--sigma", type=float, default=1.0, help="temperature of the closed forms")
-    g.add_argument("--normalization", default="mean", choices=["mean", "sum"],
-                   help="mean: the official per-position mean; sum: the exact squared distance")
-    g.add_argument("--mask-border", type=int, default=1,
-                   help="latent pixels at each edge left out of the closed-form loss (official: 1; 0: none)")
-    g.add_argument("--critic-lr", type=float, default=1e-4)
-    g.add_argument("--critic-warmup", type=int, default=0, help="steps where only the critic trains")
-    g = p.add_argument_group("training")
-    g.add_argument("--params", default="kv", choices=["kv", "attention", "unet", "embedding"],
-                   help="what to train: cross-attention K/V (official), all attention, the full UNet, the token embedding")
-    g.add_argument("--steps", type=int, default=500, help="optimiser steps")
-    g.add_argument("--batch-size", type=int, default=2, help="per process and micro-batch")
-    g.add_argument("--gradient-accumulation-steps", type=int, default=2)
-    g.add_argument("--lr", type=float, default=2.8e-4, help="Adam learning rate (official: 2.8e-4 on one GPU)")
-    g.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
-    g.add_argument("--checkpoint-every", type=int, default=100)
-    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
-    g.add_argument("--seed", type=int, default=0)
-    g = p.add_argument_group("anchor images")
-    g.add_argument("--max-anchor-images", type=int, default=1000,
-                   help="at most this many (a run generates no more than steps x batch x accumulation x processes)")
-    g.add_argument("--anchor-steps", type=int, default=25, help="sampler steps per anchor image")
-    g.add_argument("--anchor-guidance", type=float, default=6.0)
-    g.add_argument("--anchor-batch-size", type=int, default=4, help="anchor images drawn per pipeline call")
-    g.add_argument("--resolution", type=int, default=None, help="image size (default: the model's)")
-    g.add_argument("--no-hflip", action="store_true", help="do not flip half the anchor latents")
-    g.add_argument("--cache-dir", default=None, help="where anchor images are cached (default: OUTPUT/anchors)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+                    "output for the anchor prompt, on images the original model draws for the anchor. "
+                    "Every option is a field of fdu.sd.train.RunConfig (the loop's of fdu.unlearn.UnlearnConfig).",
+        formatter_class=_Formatter)
+    add_arguments(p, RunConfig, group_order=(ERASE, "the loss", "training", ANCHOR_IMAGES))
     return p
 
 
@@ -134,28 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _unlearn(args):
+    from .options import from_args
     from .sd.train import RunConfig, run
 
-    cfg = RunConfig(model=args.model, target=args.target, anchor=args.anchor, output=args.output,
-                    concept_type=args.concept_type, superclass=args.superclass, captions=args.captions,
-                    divergence=args.divergence, alpha=args.alpha, variational=args.variational,
-                    group=args.params, steps=args.steps, batch_size=args.batch_size,
-                    gradient_accumulation_steps=args.gradient_accumulation_steps, lr=args.lr,
-                    critic_lr=args.critic_lr, critic_warmup=args.critic_warmup, sigma=args.sigma,
-                    normalization=args.normalization, max_anchor_images=args.max_anchor_images,
-                    anchor_steps=args.anchor_steps, anchor_guidance=args.anchor_guidance,
-                    anchor_batch_size=args.anchor_batch_size,
-                    resolution=args.resolution, hflip=not args.no_hflip, mask_border=args.mask_border, mixed_precision=args.mixed_precision,
-                    checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
-                    cache_dir=args.cache_dir, progress=not args.quiet)
+    cfg = from_args(RunConfig, args)
     summary = run(cfg)
     from accelerate import PartialState
 
     if PartialState().is_main_process:
         out = Path(args.output)
-        print(f"\nerased {args.target!r} → anchor {args.anchor!r} with {args.divergence}"
-              f"{' (variational)' if args.variational else ''}: {args.steps} steps on {summary['processes']} "
-              f"process(es), {summary['trained_parameters']:,} trained parameters ({args.params}), "
+        print(f"\nerased {cfg.target!r} → anchor {cfg.anchor!r} with {cfg.divergence}"
+              f"{' (variational)' if cfg.variational else ''}: {cfg.steps} steps on {summary['processes']} "
+              f"process(es), {summary['trained_parameters']:,} trained parameters ({cfg.group}), "
               f"{summary['anchor_images']} anchor images; final loss {summary['final_loss']:.4g}; "
               f"{summary['seconds']['train']:.1f} s training")
         print(f"  weights:  {out / 'unlearned.safetensors'}")
@@ -200,6 +158,7 @@ def _evaluate(args):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .sd.pipeline import ModelNotAvailableError
+    from .unlearn import NonFiniteLossError
 
     try:
         if args.command == "unlearn":
@@ -233,7 +192,7 @@ def main(argv=None) -> int:
 
             for name, d in DIVERGENCES.items():
                 print(f"{name:20s} {getattr(d, 'description', '')}")
-    except (ValueError, FileNotFoundError, FileExistsError, ModelNotAvailableError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, ModelNotAvailableError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

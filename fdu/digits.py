@@ -161,7 +161,7 @@ class Denoiser(nn.Module):
         self.output = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, 64))
 
     def forward(self, x, t, text, mask):
-        from .toy2d import timestep_embedding
+        from .layers import timestep_embedding
 
         h = self.input(torch.cat([x.flatten(1), timestep_embedding(t, self.emb)], dim=1))
         for block in self.blocks:
@@ -194,8 +194,9 @@ class Model(nn.Module):
 
     def kv_parameters(self) -> list:
         """The cross-attention key/value projections: what unlearning trains by default."""
-        return [p for name, p in self.named_parameters() if ".attn2.to_k." in name or
-                ".attn2.to_v." in name]
+        from .layers import is_cross_attention_kv
+
+        return [p for name, p in self.named_parameters() if is_cross_attention_kv(name)]
 
 
 def make_scheduler(num_train_timesteps: int = 100, prediction_type: str = "v_prediction"):
@@ -392,7 +393,7 @@ def unlearning_task(model: Model, scheduler, target: int, anchor: str = "near", 
     default) or "all". Prompts are assigned to the batch cyclically, target and anchor aligned.
     ``pool``: anchor images to use instead of sampling ``anchor_pool`` new ones (a benchmark shares
     one pool between runs)."""
-    from .unlearn import Task
+    from .unlearn import AnchorBatch, Task
 
     if train not in ("kv", "all"):
         raise ValueError(f"train must be 'kv' or 'all', got {train!r}")
@@ -409,10 +410,9 @@ def unlearning_task(model: Model, scheduler, target: int, anchor: str = "near", 
         return m(x_t, t, [prompts[i % len(prompts)] for i in range(x_t.shape[0])])
 
     def sample_anchor_x0(n, gen):
-        return pool[torch.randint(len(pool), (n,), generator=gen)]
+        return AnchorBatch(pool[torch.randint(len(pool), (n,), generator=gen)], target_prompts, anchors)
 
-    return Task(model=model, forward=forward, sample_anchor_x0=sample_anchor_x0, target=target_prompts,
-                anchor=anchors, scheduler=scheduler)
+    return Task(model=model, forward=forward, sample_anchor_x0=sample_anchor_x0, scheduler=scheduler)
 
 
 @torch.no_grad()

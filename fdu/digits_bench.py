@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from . import digits
-from .toy2d import LossSpec
+from .losses import LossSpec
+from .metrics import mean_ci, wilson
 
 CLOSED = [LossSpec("KL = MSE", "kl"), LossSpec("squared Hellinger", "squared_hellinger"),
           LossSpec("Pearson χ²", "pearson_chi2"), LossSpec("Jensen–Shannon (quadrature)", "jensen_shannon"),
@@ -37,33 +38,6 @@ CLOSED = [LossSpec("KL = MSE", "kl"), LossSpec("squared Hellinger", "squared_hel
 VARIATIONAL = [LossSpec(f"variational {n}", d, variational=True) for n, d in
                [("KL", "kl"), ("reverse KL", "reverse_kl"), ("Hellinger", "squared_hellinger"),
                 ("JS", "jensen_shannon"), ("χ²", "pearson_chi2"), ("TV", "total_variation")]]
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> dict:
-    """A proportion k/n with its Wilson score interval (95% by default)."""
-    if n < 1:
-        raise ValueError("wilson needs n >= 1")
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"value": p, "low": max(0.0, centre - half), "high": min(1.0, centre + half)}
-
-
-def mean_ci(values: Sequence[float], level: float = 0.95, bounds: tuple | None = None) -> dict:
-    """Mean of replicates with a t-interval (low = high = mean for a single value), clipped to
-    ``bounds`` (e.g. (0, 1) for accuracies) when given."""
-    from scipy import stats
-
-    x = [float(v) for v in values]
-    if not x:
-        raise ValueError("mean_ci needs at least one value")
-    m = sum(x) / len(x)
-    if len(x) == 1:
-        return {"value": m, "low": m, "high": m, "n": 1}
-    sd = math.sqrt(sum((v - m) ** 2 for v in x) / (len(x) - 1))
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * sd / math.sqrt(len(x))
-    lo, hi = bounds if bounds is not None else (-math.inf, math.inf)
-    return {"value": m, "low": max(lo, m - half), "high": min(hi, m + half), "n": len(x)}
 
 
 ACCURACIES = ("erased_accuracy", "erased_as_anchor", "retained_accuracy", "held_out_erased_accuracy")

@@ -120,7 +120,7 @@ def closed_form_divergence(div: Divergence, delta2: torch.Tensor) -> torch.Tenso
         raise DivergenceOverflowError(
             f"{div.name}: delta2 = {float(delta2.detach().max()):.4g} overflows {delta2.dtype} "
             f"(exp({div.exp_rate:g} * delta2)); the safe range is 0 <= delta2 <= {limit:.4g}. "
-            "Use a larger sigma, normalization='mean', or an alpha closer to 1")
+            "Use a larger sigma, or an alpha closer to 1")
     return div.closed_form_expr(delta2, TORCH)
 
 

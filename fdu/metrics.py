@@ -1,6 +1,8 @@
 """Erasure and preservation measures shared by the scales, with bootstrap intervals."""
 from __future__ import annotations
 
+import math
+
 from typing import Callable, Sequence
 
 import torch
@@ -45,3 +47,30 @@ def bootstrap(statistic: Callable[..., float], samples: Sequence[torch.Tensor], 
     tail = (1 - level) / 2
     return {"value": value, "low": value + float(dev.quantile(tail)),
             "high": value + float(dev.quantile(1 - tail))}
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> dict:
+    """A proportion k/n with its Wilson score interval (95% by default)."""
+    if n < 1:
+        raise ValueError("wilson needs n >= 1")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"value": p, "low": max(0.0, centre - half), "high": min(1.0, centre + half)}
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95, bounds: tuple | None = None) -> dict:
+    """Mean of replicates with a t-interval (low = high = mean for a single value), clipped to
+    ``bounds`` (e.g. (0, 1) for accuracies) when given."""
+    from scipy import stats
+
+    x = [float(v) for v in values]
+    if not x:
+        raise ValueError("mean_ci needs at least one value")
+    m = sum(x) / len(x)
+    if len(x) == 1:
+        return {"value": m, "low": m, "high": m, "n": 1}
+    sd = math.sqrt(sum((v - m) ** 2 for v in x) / (len(x) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * sd / math.sqrt(len(x))
+    lo, hi = bounds if bounds is not None else (-math.inf, math.inf)
+    return {"value": m, "low": max(lo, m - half), "high": min(hi, m + half), "n": len(x)}

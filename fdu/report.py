@@ -66,7 +66,7 @@ def _claim1(R):
     text = (f"sympy derives KL = δ²/2 from f(u) = u log u; it matches direct integration of E_Q[f(p/q)] "
             f"to {_fmt(err['kl'])} (reverse KL {_fmt(err['reverse_kl'])}, Jeffreys = δ² "
             f"{_fmt(err['jeffreys'])}) on δ² ∈ [1e-4, {r['_params']['delta2_max']:g}]; "
-            f"`closed_form_loss('kl', weight=2)` equals the official MaskedMSE with max gradient "
+            f"`closed_form_loss('kl', omega=2)` equals the official MaskedMSE with max gradient "
             f"difference {_fmt(mse['max_grad_diff'])}")
     return text + _source(NB01), "exact (analytic + numerical)", "reproduced" if ok else "contradicted"
 

@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from . import metrics
-from .unlearn import Task
+from .layers import timestep_embedding
+from .losses import LossSpec
+from .unlearn import AnchorBatch, Task
 
 #: name -> (centre, standard deviation); the animals are near one another
 CONCEPTS = {
@@ -68,13 +70,6 @@ class World:
         """Whether each point lies within ``radius`` standard deviations of a concept's centre."""
         centre, std = self.concepts[concept]
         return (x - torch.tensor(centre)).norm(dim=1) < radius * std
-
-
-def timestep_embedding(t: torch.Tensor, dim: int = 32) -> torch.Tensor:
-    half = dim // 2
-    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, dtype=torch.float32) / half)
-    angles = t.float()[:, None] * freqs[None]
-    return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
 class Denoiser(nn.Module):
@@ -174,10 +169,10 @@ def unlearning_task(model: Denoiser, scheduler, world: World, target: str, ancho
         return m(x_t, t, prompt_ids(world, prompt, x_t.shape[0]))
 
     def sample_anchor_x0(n, gen):
-        return pool[torch.randint(len(pool), (n,), generator=gen)]
+        return AnchorBatch(pool[torch.randint(len(pool), (n,), generator=gen)], target, anchor)
 
-    return Task(model=model, forward=forward, sample_anchor_x0=sample_anchor_x0, target=target,
-                anchor=anchor, scheduler=scheduler, preserve=tuple(preserve))
+    return Task(model=model, forward=forward, sample_anchor_x0=sample_anchor_x0, scheduler=scheduler,
+                preserve=tuple(preserve))
 
 
 def evaluate(model, scheduler, world: World, target: str, anchor: str, *, before: dict, n: int = 500,
@@ -216,16 +211,6 @@ def reference_samples(model, scheduler, world: World, n: int = 500, seed: int = 
 
 
 # --- experiments (notebook 04) -----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LossSpec:
-    """One way of unlearning: a divergence, closed form or variational."""
-
-    label: str
-    divergence: str
-    alpha: float | None = None
-    variational: bool = False
-
 
 def output_drift(task: Task, world: World, concepts, *, n: int = 512, seed: int = 0) -> float:
     """Mean over ``concepts`` of E||eps_now(x_t, c) - eps_original(x_t, c)||^2 at random t, with x_t

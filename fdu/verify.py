@@ -117,7 +117,7 @@ def official_match(seed: int = 0, scale: float = 0.3):
         p1 = pred0.clone().requires_grad_(True)
         p2 = pred0.clone().requires_grad_(True)
         official = official_masked_losses(p1, target, mask)[key]
-        mine = closed_form_loss(p2, target, name, weight=weight, mask=mask, normalization="mean")
+        mine = closed_form_loss(p2, target, name, omega=weight, mask=mask, normalization="mean")
         (g1,) = torch.autograd.grad(official, p1)
         (g2,) = torch.autograd.grad(mine, p2)
         out[key] = {"offset": float((mine - official).detach()), "max_grad_diff": float((g1 - g2).abs().max()),

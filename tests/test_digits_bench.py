@@ -4,7 +4,8 @@ import math
 import pytest
 
 from fdu import digits_bench as B
-from fdu.toy2d import LossSpec
+from fdu.losses import LossSpec
+from fdu.metrics import mean_ci, wilson
 
 KL, H, CHI = LossSpec("KL = MSE", "kl"), LossSpec("squared Hellinger", "squared_hellinger"), \
     LossSpec("Pearson χ²", "pearson_chi2")
@@ -23,15 +24,15 @@ def fake_run(spec, lr, target, curve, failed=None):
 
 
 def test_wilson_and_mean_ci():
-    w = B.wilson(0, 50)
+    w = wilson(0, 50)
     assert w["value"] == 0 and w["low"] == 0 and 0.05 < w["high"] < 0.09  # rule of three: ~3/50
-    w = B.wilson(25, 50)
+    w = wilson(25, 50)
     assert w["low"] < 0.5 < w["high"] and math.isclose(w["high"] - 0.5, 0.5 - w["low"], rel_tol=1e-9)
-    m = B.mean_ci([1.0, 2.0, 3.0])
+    m = mean_ci([1.0, 2.0, 3.0])
     assert m["value"] == 2.0 and math.isclose(m["high"] - 2.0, 4.303 * 1 / math.sqrt(3), rel_tol=1e-3)
-    assert B.mean_ci([0.0, 1.0], bounds=(0, 1))["low"] == 0.0
+    assert mean_ci([0.0, 1.0], bounds=(0, 1))["low"] == 0.0
     with pytest.raises(ValueError):
-        B.mean_ci([])
+        mean_ci([])
 
 
 def test_matched_erasure_picks_first_erased_checkpoint_with_least_drift():

@@ -69,7 +69,7 @@ def test_target_is_detached_and_weights_apply_per_sample():
     pred.requires_grad_(True)
     target.requires_grad_(True)
     w = torch.tensor([1.0, 0.0, 2.0, 0.5])
-    loss = closed_form_loss(pred, target, "hellinger", weight=w)
+    loss = closed_form_loss(pred, target, "hellinger", omega=w)
     loss.backward()
     assert target.grad is None
     assert pred.grad[1].abs().max() == 0 and pred.grad[0].abs().max() > 0
@@ -90,7 +90,7 @@ def test_nonfinite_inputs_raise_instead_of_returning_nan():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(sigma=0.0), "sigma"), (dict(sigma=-1.0), "sigma"), (dict(weight=-1.0), "weight"),
+    (dict(sigma=0.0), "sigma"), (dict(sigma=-1.0), "sigma"), (dict(omega=-1.0), "omega"),
     (dict(normalization="max"), "normalization"), (dict(reduction="sum"), "reduction"),
     (dict(mask=torch.ones(4, 3, 3)), "mask"), (dict(divergence="bogus"), "valid names"),
     (dict(divergence="alpha"), "alpha"), (dict(divergence="alpha", alpha=float("nan")), "alpha"),

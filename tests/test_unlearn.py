@@ -163,7 +163,7 @@ def test_timestep_options():
     assert int(t.min()) >= 10 and int(t.max()) < 20
     w = [0.0] * 100
     w[42] = 1.0
-    assert set(_timesteps(UnlearnConfig(timestep_weights=w), 50, 100, gen).tolist()) == {42}
+    assert set(_timesteps(UnlearnConfig(timestep_probs=w), 50, 100, gen).tolist()) == {42}
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -182,7 +182,7 @@ def test_bad_task_and_resume_errors(toy, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         unlearn(task, UnlearnConfig(progress=False), resume_from=tmp_path / "missing.safetensors")
     empty = Task(model=torch.nn.Linear(2, 2).requires_grad_(False), forward=task.forward,
-                 sample_anchor_x0=task.sample_anchor_x0, target="cat", anchor="dog", scheduler=task.scheduler)
+                 sample_anchor_x0=task.sample_anchor_x0, scheduler=task.scheduler)
     with pytest.raises(ValueError, match="no parameters"):
         unlearn(empty, UnlearnConfig(progress=False))
     with pytest.raises(ValueError, match="valid prompts"):

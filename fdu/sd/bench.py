@@ -26,8 +26,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..digits_bench import wilson
-from ..toy2d import LossSpec
+from ..losses import LossSpec
+from ..metrics import wilson
 
 
 def load_checkpoint_into(pipe, path, group: str = "kv") -> list:

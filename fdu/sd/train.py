@@ -22,7 +22,12 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from ..options import option, override
+from ..unlearn import UnlearnConfig
+from .prompts import CONCEPT_TYPES
+
 PARAMETER_GROUPS = ("kv", "attention", "unet", "embedding")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
 
 
 class Denoiser(nn.Module):
@@ -58,12 +63,9 @@ def select_parameters(denoiser: Denoiser, group: str) -> dict:
         emb = denoiser.text_encoder.get_input_embeddings().weight
         chosen = {"text_encoder." + n: p for n, p in denoiser.text_encoder.named_parameters() if p is emb}
     else:
-        def keep(name):
-            if group == "kv":
-                return ".attn2.to_k." in name or ".attn2.to_v." in name
-            if group == "attention":
-                return ".attn1." in name or ".attn2." in name
-            return True
+        from ..layers import is_attention, is_cross_attention_kv
+
+        keep = {"kv": is_cross_attention_kv, "attention": is_attention}.get(group, lambda name: True)
         chosen = {"unet." + n: p for n, p in denoiser.unet.named_parameters() if keep(n)}
     if not chosen:
         raise ValueError(f"the parameter group {group!r} selects nothing in this model")
@@ -80,7 +82,7 @@ def unlearning_task(pipe, target_prompts: Sequence[str], anchor_prompts: Sequenc
     pair: the target prompt and the anchor prompt of the same caption. ``hflip``: flip half the
     latents left-right (the official ``--hflip``). ``mask_border``: leave this many latent pixels at
     each edge out of the closed-form loss (the official mask without augmentation leaves out 1)."""
-    from ..unlearn import Task
+    from ..unlearn import AnchorBatch, Task
     from .pipeline import training_scheduler
 
     if len(target_prompts) != len(anchor_prompts) or not target_prompts:
@@ -90,23 +92,21 @@ def unlearning_task(pipe, target_prompts: Sequence[str], anchor_prompts: Sequenc
     named = select_parameters(denoiser, group)
     latents = anchor_latents.to(pipe.unet.device)
     owner = torch.arange(len(latents)) % len(anchor_prompts)
-    drawn = {"pairs": None}
-    prompts = {"target": list(target_prompts), "anchor": list(anchor_prompts)}
 
     def sample_anchor_x0(n, gen):
         i = torch.randint(len(latents), (n,), generator=gen)
-        drawn["pairs"] = owner[i].tolist()   # read by forward() in the same step
         x0 = latents[i.to(latents.device)]
         if hflip:
             flip = (torch.rand(n, generator=gen) < 0.5).to(latents.device)
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        return x0
+        pairs = owner[i].tolist()   # each latent with the target and anchor prompt of its caption
+        return AnchorBatch(x0, [target_prompts[k] for k in pairs], [anchor_prompts[k] for k in pairs])
 
-    def forward(model, x_t, t, which):
-        return model(x_t, t, [prompts[which][k] for k in drawn["pairs"]])
+    def forward(model, x_t, t, prompts):
+        return model(x_t, t, [prompts] * x_t.shape[0] if isinstance(prompts, str) else prompts)
 
-    task = Task(model=denoiser, forward=forward, sample_anchor_x0=sample_anchor_x0, target="target",
-                anchor="anchor", scheduler=training_scheduler(pipe), params=list(named.values()))
+    task = Task(model=denoiser, forward=forward, sample_anchor_x0=sample_anchor_x0,
+                scheduler=training_scheduler(pipe), params=named)
     if mask_border < 0 or 2 * mask_border >= min(latents.shape[-2:]):
         raise ValueError(f"mask_border must be >= 0 and leave some of the {tuple(latents.shape[-2:])} latent "
                          f"positions, got {mask_border}")
@@ -114,62 +114,79 @@ def unlearning_task(pipe, target_prompts: Sequence[str], anchor_prompts: Sequenc
         mask = torch.zeros(1, 1, *latents.shape[-2:], device=latents.device)
         mask[..., mask_border:-mask_border, mask_border:-mask_border] = 1
         task.loss_mask = mask
-    task.named_parameters = named
     return task
 
 
-@dataclass
-class RunConfig:
-    """Everything :func:`run` (and ``python -m fdu unlearn``) takes."""
-
-    model: str
-    target: str
-    anchor: str
-    output: str
-    concept_type: str = "style"
-    superclass: Optional[str] = None
-    captions: Optional[str] = None
-    divergence: str = "kl"
-    alpha: Optional[float] = None
-    variational: bool = False
-    group: str = "kv"
-    steps: int = 500
-    batch_size: int = 2
-    gradient_accumulation_steps: int = 2
-    lr: float = 2.8e-4
-    critic_lr: float = 1e-4
-    critic_warmup: int = 0
-    sigma: float = 1.0
-    normalization: str = "mean"
-    max_anchor_images: int = 1000
-    anchor_steps: int = 25
-    anchor_guidance: float = 6.0
-    anchor_batch_size: int = 4
-    resolution: Optional[int] = None
-    hflip: bool = True
-    mask_border: int = 1
-    mixed_precision: str = "no"
-    checkpoint_every: int = 100
-    resume: bool = False
-    seed: int = 0
-    cache_dir: Optional[str] = None
-    progress: bool = True
+ERASE, ANCHOR_IMAGES = "what to erase", "anchor images"
 
 
-def _check(cfg: RunConfig):
-    from ..divergences import get_divergence
-    from .prompts import CONCEPT_TYPES
+@dataclass(kw_only=True)
+class RunConfig(UnlearnConfig):
+    """Everything :func:`run` (and ``python -m fdu unlearn``, whose parser is built from these
+    fields) takes: the loop's options (:class:`fdu.unlearn.UnlearnConfig`, with defaults for
+    Stable Diffusion) and the model, prompts, parameters and anchor images."""
 
-    get_divergence(cfg.divergence, cfg.alpha)  # unknown names raise, listing the valid ones
-    if cfg.group not in PARAMETER_GROUPS:
-        raise ValueError(f"--params must be one of {PARAMETER_GROUPS}, got {cfg.group!r}")
-    if cfg.concept_type not in CONCEPT_TYPES:
-        raise ValueError(f"--concept-type must be one of {CONCEPT_TYPES}, got {cfg.concept_type!r}")
-    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ValueError(f"--mixed-precision must be 'no', 'fp16' or 'bf16', got {cfg.mixed_precision!r}")
-    for name in ("steps", "batch_size", "gradient_accumulation_steps", "max_anchor_images", "anchor_batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    model: str = option(help="hub id or local pipeline folder (offline: a folder or the hub cache)",
+                        group=ERASE)
+    target: str = option(help='the concept to erase, e.g. "van gogh"', group=ERASE)
+    anchor: str = option(help='what to map it to: the superclass ("painting"), a near concept '
+                         '("salvador dali"), or "" (the empty prompt)', group=ERASE)
+    output: str = option(help="folder for checkpoints, unlearned weights, pipeline and summary",
+                         group=ERASE)
+    concept_type: str = option("style", "how target prompts are built from captions (the paper's "
+                               "§4.2 templates)", group=ERASE, choices=CONCEPT_TYPES)
+    superclass: Optional[str] = option(None, "class word of the captions (default: painting for "
+                                       "style, people for nudity, the anchor for object)", group=ERASE)
+    captions: Optional[str] = option(None, "a text file of anchor captions, one per line (default: "
+                                     "the model folder's own captions/<superclass>.txt if it has one, "
+                                     "as the mini model does, else the shipped captions)", group=ERASE)
+    preserve: tuple = option((), "prompts whose outputs --preservation-weight holds to the original "
+                             "model's (e.g. the retained artists' names)", group=ERASE, nargs="*")
+    group: str = option("kv", "what to train: cross-attention K/V (official), all attention, the "
+                        "full UNet, the token embedding", group="training", flag="--params",
+                        choices=PARAMETER_GROUPS)
+    mixed_precision: str = option("no", "autocast dtype of the forward passes (losses stay float32)",
+                                  group="training", choices=MIXED_PRECISIONS)
+    resume: bool = option(False, "continue from the latest checkpoint in --output", group="training")
+    mask_border: int = option(1, "latent pixels at each edge left out of the closed-form loss "
+                              "(official: 1; 0: none)", group="the loss")
+    max_anchor_images: int = option(1000, "at most this many (a run generates no more than steps x "
+                                    "batch x accumulation x processes)", group=ANCHOR_IMAGES)
+    anchor_steps: int = option(25, "sampler steps per anchor image", group=ANCHOR_IMAGES)
+    anchor_guidance: float = option(6.0, "classifier-free guidance of the anchor images",
+                                    group=ANCHOR_IMAGES)
+    anchor_batch_size: int = option(4, "anchor images drawn per pipeline call", group=ANCHOR_IMAGES)
+    resolution: Optional[int] = option(None, "image size (default: the model's)", group=ANCHOR_IMAGES,
+                                       type=int)
+    hflip: bool = option(True, "do not flip half the anchor latents", group=ANCHOR_IMAGES)
+    cache_dir: Optional[str] = option(None, "where anchor images are cached (default: OUTPUT/anchors)",
+                                      group=ANCHOR_IMAGES)
+    # Stable Diffusion defaults of the loop's options (the official code's, on one GPU)
+    steps: int = override(UnlearnConfig, "steps", 500)
+    batch_size: int = override(UnlearnConfig, "batch_size", 2)
+    gradient_accumulation_steps: int = override(UnlearnConfig, "gradient_accumulation_steps", 2)
+    lr: float = override(UnlearnConfig, "lr", 2.8e-4)
+    critic_lr: float = override(UnlearnConfig, "critic_lr", 1e-4)
+    checkpoint_every: int = override(UnlearnConfig, "checkpoint_every", 100)
+
+    def __post_init__(self):
+        self.preserve = tuple(self.preserve)
+        if self.checkpoint_dir is None:
+            self.checkpoint_dir = str(Path(self.output) / "checkpoints")
+
+    def check(self, num_train_timesteps: Optional[int] = None):
+        super().check(num_train_timesteps)
+        for name, valid in (("group", PARAMETER_GROUPS), ("concept_type", CONCEPT_TYPES),
+                            ("mixed_precision", MIXED_PRECISIONS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
+        for name in ("max_anchor_images", "anchor_batch_size", "anchor_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mask_border < 0:
+            raise ValueError(f"mask_border must be >= 0, got {self.mask_border}")
+        if self.preservation_weight > 0 and not self.preserve:
+            raise ValueError("--preservation-weight needs the prompts to preserve: --preserve PROMPT ...")
 
 
 def check_known_concepts(cfg: RunConfig):
@@ -186,11 +203,6 @@ def check_known_concepts(cfg: RunConfig):
                              f"styles {', '.join(known.get('styles', []))}; objects {', '.join(known.get('objects', []))}")
 
 
-def latest_checkpoint(folder) -> Optional[Path]:
-    found = sorted(Path(folder).glob("step_*.safetensors"), key=lambda p: int(p.stem.split("_")[1]))
-    return found[-1] if found else None
-
-
 def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
     """Unlearn ``cfg.target`` from the pipeline ``cfg.model``; returns the summary also written to
     ``<output>/summary.json``. Writes ``<output>/checkpoints/step_N.safetensors``,
@@ -199,12 +211,13 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
     from safetensors.torch import save_file
 
     from ..critics import PatchCritic
-    from ..unlearn import UnlearnConfig, unlearn
+    from ..checkpoints import latest_checkpoint
+    from ..unlearn import unlearn
     from .anchors import generate_anchor_latents
     from .pipeline import load_pipeline, prediction_type
     from .prompts import build_prompts
 
-    _check(cfg)
+    cfg.check()
     check_known_concepts(cfg)
     acc = accelerator
     if acc is None:
@@ -215,7 +228,7 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
             AcceleratorState._reset_state(reset_partial_state=True)
         acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu)
     out = Path(cfg.output)
-    ckpt_dir = out / "checkpoints"
+    ckpt_dir = Path(cfg.checkpoint_dir)
     resume_from = latest_checkpoint(ckpt_dir) if cfg.resume else None
     if cfg.resume and resume_from is None:
         log(f"--resume: no checkpoint in {ckpt_dir}, starting from step 0")
@@ -240,29 +253,23 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
                                           progress=cfg.progress and acc.is_main_process)
     task = unlearning_task(pipe, targets, anchors, latents, group=cfg.group, hflip=cfg.hflip,
                            mask_border=cfg.mask_border)
+    task.preserve = cfg.preserve
     critic = None
     if cfg.variational:
         torch.manual_seed(cfg.seed)
         critic = PatchCritic(pipe.unet.config.in_channels).to(acc.device)
-    ucfg = UnlearnConfig(divergence=cfg.divergence, alpha=cfg.alpha, variational=cfg.variational,
-                         steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam",
-                         sigma=cfg.sigma, normalization=cfg.normalization, critic_lr=cfg.critic_lr,
-                         critic_warmup=cfg.critic_warmup,
-                         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                         checkpoint_every=cfg.checkpoint_every, checkpoint_dir=str(ckpt_dir),
-                         seed=cfg.seed, progress=cfg.progress)
     t1 = time.time()
-    result = unlearn(task, ucfg, critic=critic, accelerator=acc, resume_from=resume_from)
+    result = unlearn(task, cfg.loop_config(), critic=critic, accelerator=acc, resume_from=resume_from)
     t2 = time.time()
     summary = {"config": asdict(cfg), "processes": acc.num_processes, "prediction_type": prediction_type(pipe),
-               "trained_parameters": sum(p.numel() for p in task.params), "anchor_images": n_images,
+               "trained_parameters": sum(p.numel() for p in task.params.values()), "anchor_images": n_images,
                "first_prompts": {"target": targets[:3], "anchor": anchors[:3]},
                "resumed_from": str(resume_from) if resume_from else None,
                "final_loss": result.history["loss"][-1] if result.history["loss"] else None,
                "seconds": {"setup": round(t1 - t0, 2), "train": round(t2 - t1, 2)}}
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        save_file({n: p.detach().float().cpu().contiguous() for n, p in task.named_parameters.items()},
+        save_file({n: p.detach().float().cpu().contiguous() for n, p in task.params.items()},
                   str(out / "unlearned.safetensors"), metadata={"fdu": json.dumps(asdict(cfg))})
         pipe.save_pretrained(str(out / "pipeline"))
         (out / "summary.json").write_text(json.dumps(summary, indent=1))

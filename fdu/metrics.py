@@ -74,3 +74,8 @@ def mean_ci(values: Sequence[float], level: float = 0.95, bounds: tuple | None =
     half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * sd / math.sqrt(len(x))
     lo, hi = bounds if bounds is not None else (-math.inf, math.inf)
     return {"value": m, "low": max(lo, m - half), "high": min(hi, m + half), "n": len(x)}
+
+
+def format_ci(m: dict) -> str:
+    """A measure with its interval, as the tables print it: "value [low, high]"."""
+    return f"{m['value']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"

@@ -28,6 +28,18 @@ def color(name: str, default: str = "#9467bd") -> str:
     return COLORS.get(name, default)
 
 
+def spec_color(spec) -> str:
+    """The colour of a :class:`fdu.losses.LossSpec`: its divergence's, and two for the α family."""
+    if spec.divergence != "alpha":
+        return color(spec.divergence)
+    return "#8c564b" if spec.alpha < 1 else "#e377c2"
+
+
+def spec_linestyle(spec) -> str:
+    """Dashed for a variational loss, solid for a closed form."""
+    return "--" if spec.variational else "-"
+
+
 def savefig(fig, name: str):
     """Write ``figures/<name>.png`` and ``.pdf`` (the folder may be redirected, see fdu.paths)."""
     folder = figures_dir()

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .metrics import format_ci
 from .paths import REPO_ROOT, results_dir
 from .results import load_results
+from .verdicts import NB02, NB03, NB04, NB05, NB06
 
 NB01 = "01_f_divergences_between_gaussians"
-NB02 = "02_gradient_magnitudes"
-NB03 = "03_local_convergence"
-NB04 = "04_toy2d_unlearning"
-NB05 = "05_digits_unlearning"
-NB06 = "06_stable_diffusion_unlearning"
 NOTEBOOKS = (NB01, NB02, NB03, NB04, NB05, NB06)
 
 # (number, the paper's statement [source tag in paper.md], who measures it)
@@ -174,8 +171,7 @@ def _toy(R):
     return None if r is None else (r, r["verdict"], r["_params"])
 
 
-def _ci(m) -> str:
-    return f"{m['value']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
+_ci = format_ci
 
 
 def _claim4(R):

@@ -30,6 +30,14 @@ def _clean(x):
 
 
 def save_results(notebook: str, results: dict, parameters: dict) -> str:
+    """Write ``<results_dir>/<notebook>.json``; refuses results that lack a key the report reads
+    (:data:`fdu.verdicts.SCHEMA`)."""
+    from .verdicts import missing_keys
+
+    missing = missing_keys(notebook, results)
+    if missing:
+        raise KeyError(f"{notebook}: the results lack {', '.join(missing)}, which fdu.report reads "
+                       "(fdu.verdicts.SCHEMA); rename it there and in fdu/report.py together")
     versions = {}
     for pkg in PACKAGES:
         try:

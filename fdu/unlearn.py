@@ -509,3 +509,27 @@ def closed_form_expectation(task: Task, config: UnlearnConfig, n: int = 4096) ->
         trained_out = task.forward(task.model, x_t, t, drawn.target)
         return float(closed_form_loss(trained_out, anchor_out, config.divergence, alpha=config.alpha,
                                       sigma=config.sigma, normalization="sum"))
+
+
+def critic_estimates_by_batch_size(task_for: Callable[[str], Task], divergences: Sequence[str],
+                                   batch_sizes: Sequence[int], make_critic: Callable[[], torch.nn.Module],
+                                   *, steps: int, tail: int, seed: int = 0, **options) -> dict:
+    """How the variational estimate depends on the batch size. For each divergence (its task from
+    ``task_for(divergence)``): the exact E[D_f] (:func:`closed_form_expectation`) and, per batch
+    size, the mean, std and relative bias of the last ``tail`` per-batch estimates of a fresh
+    critic (``make_critic()``, built after seeding torch with ``seed``) trained ``steps`` steps.
+    ``options``: further :class:`UnlearnConfig` fields (e.g. ``critic_lr``, ``sigma``)."""
+    import numpy as np
+
+    out = {}
+    for div in divergences:
+        task = task_for(div)
+        base = UnlearnConfig(divergence=div, steps=steps, progress=False, seed=seed, **options)
+        exact = closed_form_expectation(task, base, n=4096)
+        out[div] = {"exact": exact}
+        for b in batch_sizes:
+            torch.manual_seed(seed)
+            values = np.array(fit_critic(task, make_critic(), replace(base, batch_size=b))[-tail:])
+            out[div][str(b)] = {"mean": float(values.mean()), "std": float(values.std()),
+                                "relative_bias": float(values.mean() / exact - 1)}
+    return out

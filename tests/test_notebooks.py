@@ -9,8 +9,14 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_there_are_notebooks():
-    assert NOTEBOOKS
+def test_every_notebook_is_numbered_and_run_by_make_figures():
+    names = [p.stem for p in NOTEBOOKS]
+    assert [n[:2] for n in names] == [f"{i:02d}" for i in range(1, len(names) + 1)], names
+    from fdu.report import NOTEBOOKS as REPORTED
+
+    assert set(REPORTED) <= set(names), "the report reads a notebook that does not exist"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "notebooks/[0-9][0-9]_*.ipynb" in makefile  # make figures runs every numbered notebook
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -31,16 +37,29 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell(path):
     assert "Exercises" in "".join(nb["cells"][-1]["source"])
 
 
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    """One results folder for every quick run, so the report is built from all of them."""
+    return tmp_path_factory.mktemp("results")
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_in_quick_mode(path, tmp_path, monkeypatch):
+def test_notebook_runs_in_quick_mode_and_the_report_reads_its_results(path, tmp_path, monkeypatch, quick_results):
     import papermill
 
+    from fdu import report
+    from fdu.verdicts import missing_keys
+
     monkeypatch.setenv("FDU_FIGURES_DIR", str(tmp_path / "figures"))
-    monkeypatch.setenv("FDU_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setenv("FDU_RESULTS_DIR", str(quick_results))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    without = report.build(quick_results)
     papermill.execute_notebook(str(path), str(tmp_path / path.name), parameters={"quick": True},
                                kernel_name="python3", cwd=str(path.parent), progress_bar=False)
     assert list((tmp_path / "figures").glob("*.png")), "the notebook saved no figure"
-    result = json.loads((tmp_path / "results" / f"{path.stem}.json").read_text())
+    result = json.loads((quick_results / f"{path.stem}.json").read_text())
     assert result["parameters"]["quick"] is True and result["results"]
+    assert missing_keys(path.stem, result["results"]) == []
+    # every key the report reads is there: building it raises no KeyError, and this notebook's rows change
+    assert report.build(quick_results) != without

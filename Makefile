@@ -11,7 +11,7 @@ EXECUTED  := notebooks/executed
 
 help:
 	@echo "make figures   run every notebook with papermill: figures/ and paper/results/, then paper/"
-	@echo "make test      unit tests + every notebook in quick mode"
+	@echo "make test      ruff, then the unit tests + every notebook in quick mode"
 	@echo "make paper     rebuild paper/REPRODUCTION.md from paper/results/*.json"
 	@echo "make bench     benchmarks (speed of the losses, wall time of make test / figures)"
 	@echo "make mini-sd   retrain the shipped mini Stable Diffusion from scratch (~40 min on 2 CPU cores)"
@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: install
+	$(VENV)/bin/ruff check fdu tests benchmarks
 	HF_HUB_OFFLINE=1 MPLBACKEND=Agg $(PY) -m pytest
 
 figures: install

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -36,7 +35,7 @@ def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, m
 
 def save_checkpoint(path, *, step: int, params, optimizer, generator: torch.Generator, history,
                     metrics, reference=None, critic=None, critic_optimizer=None, config=None,
-                    extra: Optional[dict] = None) -> Path:
+                    extra: dict | None = None) -> Path:
     """Write one checkpoint; ``reference``: a :class:`fdu.unlearn.SwappedReference` (its original
     values are saved) or anything else (nothing saved); ``extra``: more tensors (e.g. the other
     processes' generator states as ``rng/generator/<rank>``)."""
@@ -92,7 +91,7 @@ def restore(path, *, params, optimizer, generator: torch.Generator, reference=No
     return int(meta["step"]), meta["history"], meta["metrics"]
 
 
-def latest_checkpoint(folder) -> Optional[Path]:
+def latest_checkpoint(folder) -> Path | None:
     """The ``step_<N>.safetensors`` with the largest N in ``folder``, or None (other names ignored)."""
     found = [p for p in Path(folder).glob("step_*.safetensors") if p.stem[5:].isdigit()]
     return max(found, key=lambda p: int(p.stem[5:])) if found else None

@@ -55,7 +55,8 @@ def _evaluate_parser(sub):
     p.add_argument("--model", required=True, help="the base (original) pipeline: hub id or folder")
     p.add_argument("--unlearned", required=True, help="the output folder of `unlearn` (or its pipeline folder)")
     p.add_argument("--concept", required=True, help='the erased concept, e.g. "van gogh"')
-    p.add_argument("--retained", nargs="*", default=None, help="retained concepts (default: the shipped hard negatives)")
+    p.add_argument("--retained", nargs="*", default=None,
+                   help="retained concepts (default: the shipped hard negatives)")
     p.add_argument("--concept-type", default=None, choices=["style", "object", "nudity"],
                    help="default: from the concepts.json of --eval-prompts, else style")
     p.add_argument("--superclass", default=None,

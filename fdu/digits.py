@@ -12,7 +12,7 @@ The Stable Diffusion analogue at a scale a CPU trains in seconds:
   retained prompts) and gives the features for a KID (torchmetrics' implementation).
 
 Trained models are cached on disk keyed by their parameters (``FDU_CACHE_DIR``, default
-``.cache/fdu`` in the repository), so notebooks and tests share them.
+``$XDG_CACHE_HOME/fdu``, i.e. ``~/.cache/fdu``: outside the checkout), so notebooks and tests share them.
 """
 from __future__ import annotations
 
@@ -20,14 +20,12 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-from .paths import REPO_ROOT
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 TEMPLATES = ["a handwritten {w}", "the digit {d}", "a picture of the number {w}", "{w}"]
@@ -209,7 +207,8 @@ def make_scheduler(num_train_timesteps: int = 100, prediction_type: str = "v_pre
 # --- cache ---------------------------------------------------------------------------------------------
 
 def cache_dir() -> Path:
-    folder = Path(os.environ.get("FDU_CACHE_DIR", REPO_ROOT / ".cache" / "fdu"))
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fdu"
+    folder = Path(os.environ.get("FDU_CACHE_DIR") or default)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -230,7 +229,7 @@ def _cached(kind: str, params: dict, module: nn.Module, build, enabled: bool = T
         return module
     build(module)
     state = {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")   # processes training the same model never share a file
     save_file(state, str(tmp), metadata={"params": json.dumps(params)})
     tmp.replace(path)
     return module

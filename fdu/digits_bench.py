@@ -412,9 +412,10 @@ def variational_hellinger_verdict(budget: dict, vh: str, closed_hellinger: str =
 
 def anchor_verdict(anchors: dict, labels: Sequence[str]) -> dict:
     """Claim 10: for how many losses the near / superclass anchor drifts less than the empty prompt."""
-    labels = [l for l in labels if l in anchors and "empty" in anchors[l]]
+    labels = [lab for lab in labels if lab in anchors and "empty" in anchors[lab]]
     out = {}
     for a in ("near", "superclass"):
-        have = [l for l in labels if a in anchors[l]]
-        out[f"{a}_less_drift_than_empty"] = f"{sum(anchors[l][a]['drift']['value'] < anchors[l]['empty']['drift']['value'] for l in have)} of {len(have)}"
+        have = [lab for lab in labels if a in anchors[lab]]
+        less = sum(anchors[lab][a]["drift"]["value"] < anchors[lab]["empty"]["drift"]["value"] for lab in have)
+        out[f"{a}_less_drift_than_empty"] = f"{less} of {len(have)}"
     return out

@@ -43,13 +43,13 @@ def weight_explorer():
                                delta=(0.0, 10.0, 0.1))
 
 
-def game_explorer(mu: float = 0.5, s: float = 1.0):
+def game_explorer(mu: float = 0.5, sigma: float = 1.0):
     """Predicted GDA contraction factor of each divergence, with sliders for the step size, the
     scale c of f (c f has Jacobian c J, the same as steps c eta) and the critic family."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
-    jacobians = {c: {n: theory.Game(n, critic=c, mu=mu, s=s).jacobian() for n in GAME_NAMES}
+    jacobians = {c: {n: theory.Game(n, critic=c, mu=mu, sigma=sigma).jacobian() for n in GAME_NAMES}
                  for c in theory.CRITICS}
 
     def show(eta=0.2, log10_scale=0.0, critic="linear"):

@@ -18,7 +18,7 @@ f''(1)/2 there), so no sqrt(delta2) appears in the backward pass.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ NUM_NODES = 128
 QUADRATURE_MAX_DELTA2 = 1000.0
 
 
-@lru_cache(maxsize=None)
+@cache
 def _nodes(n: int = NUM_NODES):
     """Probabilists' Gauss-Hermite nodes y_i and log weights (weights sum to 1)."""
     y, w = np.polynomial.hermite_e.hermegauss(n)

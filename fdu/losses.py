@@ -47,7 +47,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +93,7 @@ def _per_sample(value, batch: int, name: str, positive: bool) -> torch.Tensor | 
     return value
 
 
-def _spatial_mask(mask: Optional[torch.Tensor], out: torch.Tensor):
+def _spatial_mask(mask: torch.Tensor | None, out: torch.Tensor):
     """(mask broadcastable to ``out`` or None, counted spatial positions per sample).
 
     Accepted shapes, for outputs (B, C, *S): (B, 1, *S) (the official one-channel mask), (B, *S),
@@ -180,7 +180,7 @@ def _describe(x) -> str:
 
 # --- variational ---------------------------------------------------------------------------------
 
-def _masked_mean(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return x.mean()
     try:

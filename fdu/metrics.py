@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import math
-
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls, group_order=()) -> dict:
         if isinstance(f.default, bool):
             kwargs["action"] = "store_false" if f.default else "store_true"
         else:
-            kind = m["type"] or (type(f.default) if f.default not in (None, MISSING) else str)
+            scalar = f.default not in (None, MISSING) and not isinstance(f.default, (tuple, list))
+            kind = m["type"] or (type(f.default) if scalar else str)
             kwargs.update(type=kind)
             for key in ("choices", "nargs", "metavar"):
                 if m[key] is not None:

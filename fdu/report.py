@@ -83,7 +83,8 @@ def _claim2(R):
             f"integration for α ∈ {{{', '.join(k[6:-1] for k in alpha_errs)}}}: "
             f"{_fmt(max(alpha_errs.values()))}; H-DMU = ours(`squared_hellinger`, weight ½) − 1 and "
             f"P-DMU = ours(`pearson_chi2`) + 1 with gradient differences "
-            f"{_fmt(om['hellinger']['max_grad_diff'])} and {_fmt(om['pearson']['max_grad_diff'])}; their cost next to MSE is measured by `make bench` (README). The "
+            f"{_fmt(om['hellinger']['max_grad_diff'])} and {_fmt(om['pearson']['max_grad_diff'])}; their cost next "
+            "to MSE is measured by `make bench` (README). The "
             "paper's own α convention is not known to us")
     return text + _source(NB01), "exact (analytic + numerical)", "reproduced" if ok else "contradicted"
 
@@ -129,7 +130,8 @@ def _claim3(R):
             f"with matched learning rates Hellinger is not faster than MSE on a single target "
             f"(iterations to {par['tol']:g} from δ₀ = {d0}: {steps['squared_hellinger'][d0]} vs "
             f"{steps['kl'][d0]}), but in a batch with {par['n_outliers']} far samples among "
-            f"{par['n_inliers'] + par['n_outliers']} it ends {out['squared_hellinger']['final_distance_to_inlier_mean']:.2g} "
+            f"{par['n_inliers'] + par['n_outliers']} it ends "
+            f"{out['squared_hellinger']['final_distance_to_inlier_mean']:.2g} "
             f"from the inliers' mean against MSE's {out['kl']['final_distance_to_inlier_mean']:.2g}; χ² "
             f"{'diverges' if out['pearson_chi2']['diverged'] else 'converges'} there at σ = {par['sigma']:g}"
             + _source(NB02))
@@ -503,7 +505,8 @@ def _s4(R):
                      f"{x['a_lower_drift']} of {x['pairs']} seeds), KID {x['mean_kid_a']:.3g} vs {x['mean_kid_b']:.3g} "
                      f"(lower in {x['a_lower_kid']})")
     text = _sscale(c, par, name) + ": " + "; ".join(parts) + _source(NB06)
-    status = _hellinger_status(v["hellinger_vs_mse_first_erased"]["verdict"], v["hellinger_vs_mse_best_erased"]["verdict"])
+    status = _hellinger_status(v["hellinger_vs_mse_first_erased"]["verdict"],
+                               v["hellinger_vs_mse_best_erased"]["verdict"])
     return text, name, f"{name}: {status}", real
 
 
@@ -515,7 +518,8 @@ def _s5(R):
     chi, kl = b["Pearson χ²"], b["KL = MSE"]
     if "erased_accuracy" not in chi or "erased_accuracy" not in kl:
         return f"{name}: χ² or MSE has no measure at the budget", name, f"{name}: inconclusive", real
-    text = (_sscale(c, par, name) + f", at step {c['budget_step']}: erased CLIP accuracy χ² {_ci(chi['erased_accuracy'])} "
+    text = (_sscale(c, par, name) + f", at step {c['budget_step']}: erased CLIP accuracy χ² "
+            f"{_ci(chi['erased_accuracy'])} "
             f"vs MSE {_ci(kl['erased_accuracy'])}; retained {_ci(chi['retained_accuracy'])} vs "
             f"{_ci(kl['retained_accuracy'])}; drift {_ci(chi['drift'])} vs {_ci(kl['drift'])}; runs stopped by "
             f"overflow: {x['failed_runs']}" + _source(NB06))
@@ -537,7 +541,8 @@ def _s6(R):
         return f"{name}: no measure at the budget", name, f"{name}: inconclusive", real
     text = (f"{name} (seed {par['seed']}, {c['budget_step']} steps, lr {c['lr']:g}): variational vs closed-form "
             f"Hellinger, erased CLIP accuracy {_ci(vh['erased_accuracy'])} vs {_ci(h['erased_accuracy'])}, retained "
-            f"{_ci(vh['retained_accuracy'])} vs {_ci(h['retained_accuracy'])}, KID {_ci(vh['kid'])} vs {_ci(h['kid'])}; "
+            f"{_ci(vh['retained_accuracy'])} vs {_ci(h['retained_accuracy'])}, KID {_ci(vh['kid'])} vs "
+            f"{_ci(h['kid'])}; "
             f"highest retained accuracy of all losses: {x['best_retained']}" + _source(NB06))
     hits = sum(bool(x[k]) for k in ("best_retained", "weaker_erasure_than_closed_hellinger",
                                     "higher_kid_than_closed_hellinger"))

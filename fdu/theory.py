@@ -15,7 +15,7 @@ the registry, :func:`symbolic_gradient_weight` by sympy, :func:`loss_gradient_we
 
 The min-max game (variational losses)
 -------------------------------------
-P = N(mu, s^2) is the anchor, Q_theta = N(theta, s^2) the model, and the critic
+P = N(mu, sigma^2) is the anchor, Q_theta = N(theta, sigma^2) the model, and the critic
 V_omega(x) = omega . phi(x) with phi(x) = (1, x) ("linear") or (1, x, x^2) ("quadratic"). With
 T = g_f(V) the value is U(theta, omega) = E_P[T] - E_Q[f*(T)]; theta descends, omega ascends.
 At the equilibrium theta = mu, V = v* with g_f(v*) = f'(1), the Jacobian of the simultaneous
@@ -33,7 +33,6 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import scipy.optimize
@@ -206,7 +205,7 @@ def activation_slope(div: Divergence) -> float:
 
 @dataclass(frozen=True)
 class Game:
-    """The variational f-divergence game between P = N(mu, s^2) and Q_theta = N(theta, s^2).
+    """The variational f-divergence game between P = N(mu, sigma^2) and Q_theta = N(theta, sigma^2).
 
     The state is z = (theta, omega_0, ..., omega_k) (a float64 numpy array or tensor).
     """
@@ -214,15 +213,15 @@ class Game:
     divergence: str = "kl"
     critic: str = "linear"
     mu: float = 0.5
-    s: float = 1.0
+    sigma: float = 1.0
     nodes: int = 64
     logit_scale: float = 1.0     # T = g_f(k V): k rescales the activation's slope g' at v*
 
     def __post_init__(self):
         if self.critic not in CRITICS:
             raise ValueError(f"critic must be one of {sorted(CRITICS)}, got {self.critic!r}")
-        if not self.s > 0:
-            raise ValueError(f"s must be > 0, got {self.s}")
+        if not self.sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma}")
         get_divergence(self.divergence)._require_variational()
 
     @property
@@ -247,8 +246,8 @@ class Game:
             zp, zq, wp, wq = nodes, nodes, w, w
         else:
             wp, wq = 1.0 / len(zp), 1.0 / len(zq)
-        vp = self.logit_scale * _features(self.mu + self.s * zp, self.critic) @ omega
-        vq = self.logit_scale * _features(theta + self.s * zq, self.critic) @ omega
+        vp = self.logit_scale * _features(self.mu + self.sigma * zp, self.critic) @ omega
+        vq = self.logit_scale * _features(theta + self.sigma * zq, self.critic) @ omega
         return (wp * self.div.activation(vp)).sum() - (wq * self.div.conjugate_of_activation(vq)).sum()
 
     def field(self, z, zp=None, zq=None) -> torch.Tensor:
@@ -272,7 +271,7 @@ class Game:
     def moments(self):
         """M = E_P[phi phi^T] and b = E_P[phi'(x)] (exact, by Gauss-Hermite)."""
         nodes, w = hermite_nodes(self.nodes)
-        x = self.mu + self.s * nodes
+        x = self.mu + self.sigma * nodes
         phi = _features(x, self.critic)
         dphi = torch.stack([torch.zeros_like(x), torch.ones_like(x), 2 * x][: CRITICS[self.critic]], -1)
         return (phi.T * w) @ phi, (w[:, None] * dphi).sum(0)
@@ -283,7 +282,7 @@ class Game:
         return jacobian_formula(self.div.f2_at_1, g1, m.numpy(), b.numpy())
 
     def simulate(self, *, eta_theta: float, eta_omega: float, steps: int, start: np.ndarray,
-                 mode: str = "simultaneous", batch: Optional[int] = None, seed: int = 0,
+                 mode: str = "simultaneous", batch: int | None = None, seed: int = 0,
                  states: bool = False) -> np.ndarray:
         """Run GDA from ``start``; return ||z_k - z*|| for k = 0..steps (or, with ``states``,
         the iterates z_k themselves, shape (steps + 1, dim)).
@@ -353,7 +352,7 @@ def predicted_rate(jac: np.ndarray, eta_theta: float, eta_omega: float,
     return float(np.max(np.abs(np.linalg.eigvals(gda_matrix(jac, eta_theta, eta_omega, mode)))))
 
 
-def measured_rate(distance: np.ndarray, lo: float = 1e-12, hi: Optional[float] = None) -> float:
+def measured_rate(distance: np.ndarray, lo: float = 1e-12, hi: float | None = None) -> float:
     """Empirical linear rate: exp of the least-squares slope of log distance against iteration,
     over the iterations with lo < distance < hi (default hi: a tenth of the start)."""
     d = np.asarray(distance, dtype=float)
@@ -375,19 +374,20 @@ def closed_form_rate(divergence, eta: float, sigma: float = 1.0) -> float:
     return abs(1 - eta * get_divergence(divergence).f2_at_1 / sigma ** 2)
 
 
-def symbolic_jacobian(divergence, critic: str = "linear", mu=None, s=None) -> sp.Matrix:
+def symbolic_jacobian(divergence, critic: str = "linear", mu=None, sigma=None) -> sp.Matrix:
     """The Jacobian of the GDA field at the equilibrium, derived by sympy.
 
     The integrand of U is differentiated symbolically, evaluated at the equilibrium (where it is a
     polynomial in the standard normal draw z) and integrated with the Gaussian moments
-    E[z^k] = (k - 1)!!. ``mu`` and ``s`` default to symbols.
+    E[z^k] = (k - 1)!!. ``mu`` and ``sigma`` default to symbols.
     """
-    from .symbolic import SYMPY, f_expr, u as u_sym
+    from .symbolic import SYMPY, f_expr
+    from .symbolic import u as u_sym
 
     div = get_divergence(divergence)
     div._require_variational()
     mu = sp.Symbol("mu", real=True) if mu is None else sp.nsimplify(mu)
-    s = sp.Symbol("s", positive=True) if s is None else sp.nsimplify(s)
+    sigma = sp.Symbol("sigma", positive=True) if sigma is None else sp.nsimplify(sigma)
     theta, z, v = sp.symbols("theta z v", real=True)
     omega = sp.symbols(f"omega0:{CRITICS[critic]}", real=True)
 
@@ -396,7 +396,7 @@ def symbolic_jacobian(divergence, critic: str = "linear", mu=None, s=None) -> sp
 
     g = div.activation_expr(v, SYMPY)
     h = div.conj_activation_expr(v, SYMPY) if div.conj_activation_expr else div.conjugate_expr(g, SYMPY)
-    value = g.subs(v, critic_at(mu + s * z)) - h.subs(v, critic_at(theta + s * z))
+    value = g.subs(v, critic_at(mu + sigma * z)) - h.subs(v, critic_at(theta + sigma * z))
     state = (theta, *omega)
     field = [-sp.diff(value, theta)] + [sp.diff(value, w) for w in omega]
     f1 = sp.diff(f_expr(div), u_sym).subs(u_sym, 1)

@@ -12,7 +12,6 @@ by every prompt, so changing it for one concept can damage the others.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch

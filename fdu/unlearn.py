@@ -23,9 +23,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +36,8 @@ from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint  # 
 from .critics import WithContext
 from .divergences import get_divergence
 from .gaussian import DivergenceOverflowError
-from .options import option
 from .losses import NORMALIZATIONS, VariationalLosses, closed_form_loss, variational_losses
+from .options import option
 
 CRITIC_INPUTS = ("reverse_step", "outputs")
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
@@ -73,9 +74,9 @@ class Task:
     sample_anchor_x0: Callable[[int, torch.Generator], AnchorBatch]
     scheduler: Any                                   # a diffusers DDPMScheduler
     preserve: Sequence[Any] = ()
-    params: Optional[dict] = None                    # name -> torch.nn.Parameter
-    reference: Optional[Union[torch.nn.Module, "SwappedReference"]] = None
-    loss_mask: Optional[torch.Tensor] = None
+    params: dict | None = None                    # name -> torch.nn.Parameter
+    reference: torch.nn.Module | SwappedReference | None = None
+    loss_mask: torch.Tensor | None = None
 
     def trained_named_parameters(self) -> dict:
         named = dict(self.params) if self.params is not None else {
@@ -140,7 +141,7 @@ class UnlearnConfig:
     divergence: str = option("kl", "kl (= MSE), squared_hellinger, pearson_chi2, jensen_shannon, alpha "
                              "(with --alpha), reverse_kl, total_variation, ... (`python -m fdu divergences`)",
                              group="the loss")
-    alpha: Optional[float] = option(None, "the α of --divergence alpha", group="the loss", type=float)
+    alpha: float | None = option(None, "the α of --divergence alpha", group="the loss", type=float)
     variational: bool = option(False, "the min-max form with a critic instead of the closed form "
                                "(quadrature is used where no closed form exists)", group="the loss")
     sigma: float = option(1.0, "σ, the reverse steps' standard deviation: the temperature of the losses",
@@ -150,10 +151,10 @@ class UnlearnConfig:
     normalization: str = option("mean", "mean: channels summed, positions averaged (the official "
                                 "convention); sum: the exact squared distance", group="the loss",
                                 choices=NORMALIZATIONS)
-    timestep_range: Optional[tuple] = option(None, "draw t uniformly in [LO, HI) instead of every "
+    timestep_range: tuple | None = option(None, "draw t uniformly in [LO, HI) instead of every "
                                              "timestep", group="the loss", type=int, nargs=2,
                                              metavar=("LO", "HI"))
-    timestep_probs: Optional[Sequence[float]] = option(
+    timestep_probs: Sequence[float] | None = option(
         None, "a probability for each training timestep to draw t from (a list of "
         "num_train_timesteps numbers: set from Python)", cli=False)
     preservation_weight: float = option(0.0, "λ > 0 adds λ · MSE between the trained and the frozen "
@@ -169,17 +170,17 @@ class UnlearnConfig:
     lr: float = option(1e-3, "the denoiser's learning rate", group="training")
     optimizer: str = option("adam", "adam (the official code uses AdamW) or sgd", group="training",
                             choices=tuple(OPTIMIZERS))
-    max_grad_norm: Optional[float] = option(None, "clip the trained parameters' gradient to this L2 "
+    max_grad_norm: float | None = option(None, "clip the trained parameters' gradient to this L2 "
                                             "norm (default: no clipping)", group="training", type=float)
     checkpoint_every: int = option(0, "write a checkpoint every this many steps (0: none)",
                                    group="training")
-    checkpoint_dir: Optional[str] = option(None, "where checkpoints go (the command line puts them "
+    checkpoint_dir: str | None = option(None, "where checkpoints go (the command line puts them "
                                            "in OUTPUT/checkpoints)", cli=False)
     log_every: int = option(10, "period of the metrics callback (a Python function)", cli=False)
     seed: int = option(0, "seed of every random draw", group="training")
     progress: bool = option(True, "no progress bars", group="training", flag="--quiet")
 
-    def check(self, num_train_timesteps: Optional[int] = None):
+    def check(self, num_train_timesteps: int | None = None):
         """Every check that does not need the model; those on timesteps once it is known."""
         get_divergence(self.divergence, self.alpha)  # unknown names raise, listing the valid ones
         for name in ("steps", "batch_size", "gradient_accumulation_steps", "log_every"):
@@ -213,7 +214,7 @@ class UnlearnConfig:
             raise ValueError(f"timestep_probs needs {num_train_timesteps} entries, got "
                              f"{len(self.timestep_probs)}")
 
-    def loop_config(self) -> "UnlearnConfig":
+    def loop_config(self) -> UnlearnConfig:
         """The :class:`UnlearnConfig` part of this config (of a subclass: its loop options only)."""
         return UnlearnConfig(**{f.name: getattr(self, f.name) for f in fields(UnlearnConfig)})
 
@@ -351,7 +352,7 @@ def _new_history(config: UnlearnConfig, preserving: bool) -> dict:
 
 
 def accumulate_gradients(task, config, div, acc, gen, critic, *, step: int, train_model: bool,
-                         history: dict, last_checkpoint) -> tuple[float, Optional[float]]:
+                         history: dict, last_checkpoint) -> tuple[float, float | None]:
     """Forward and backward over ``gradient_accumulation_steps`` micro-batches; returns the mean
     loss and preservation term. A non-finite loss raises before any gradient is applied."""
     k = int(config.gradient_accumulation_steps)
@@ -404,8 +405,8 @@ def _save(config, done: int, acc, gen, **state) -> Path:
 
 # --- the loop ---------------------------------------------------------------------------------------
 
-def unlearn(task: Task, config: UnlearnConfig, *, critic: Optional[torch.nn.Module] = None,
-            callback: Optional[Callable[[int, Task], dict]] = None,
+def unlearn(task: Task, config: UnlearnConfig, *, critic: torch.nn.Module | None = None,
+            callback: Callable[[int, Task], dict] | None = None,
             resume_from=None, accelerator=None) -> UnlearnResult:
     """Run the unlearning loop (see the module docstring). ``critic``: required when
     ``config.variational``; with ``critic_input="reverse_step"`` the game estimates the same

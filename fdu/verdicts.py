@@ -8,7 +8,7 @@ tests build the report from the quick-mode results.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 NB02 = "02_gradient_magnitudes"
 NB03 = "03_local_convergence"
@@ -88,9 +88,10 @@ def local_convergence(results: dict) -> dict:
     v = {"hellinger_fastest_linear_critic": rate["squared_hellinger"] == min(rate.values()),
          "js_faster_than_kl_registry_activation": rate["jensen_shannon"] < rate["kl"],
          "js_faster_than_kl_unit_activation_slope": results["js_rate_with_unit_activation_slope"] < rate["kl"],
-         "hellinger_fastest_quadratic_critic": min(quad, key=lambda n: quad[n]["predicted_rate"]) == "squared_hellinger",
-         "closed_form_ordering_reversed": pd["pearson_chi2"]["closed_form_predicted_rate"] < pd["kl"]["closed_form_predicted_rate"]
-                                          < pd["squared_hellinger"]["closed_form_predicted_rate"]}
+         "hellinger_fastest_quadratic_critic":
+             min(quad, key=lambda n: quad[n]["predicted_rate"]) == "squared_hellinger",
+         "closed_form_ordering_reversed": pd["pearson_chi2"]["closed_form_predicted_rate"]
+             < pd["kl"]["closed_form_predicted_rate"] < pd["squared_hellinger"]["closed_form_predicted_rate"]}
     return {k: bool(x) for k, x in v.items()}
 
 
@@ -128,7 +129,8 @@ def toy2d(results: dict, *, closed, variational, threshold: float, near_anchor: 
     for fam, labels in [("closed", [s.label for s in closed]), ("variational", [s.label for s in variational])]:
         labels = [lab for lab in labels if lab in pres[""]]
         for name, a in [("near", near_anchor), ("superclass", superclass_anchor)]:
-            v[f"{name}_preserves_better_than_empty_{fam}"] = f"{sum(pres[a][lab] < pres[''][lab] for lab in labels)} of {len(labels)}"
+            better = sum(pres[a][lab] < pres[""][lab] for lab in labels)
+            v[f"{name}_preserves_better_than_empty_{fam}"] = f"{better} of {len(labels)}"
     v.update(batch_size_verdict(results["batch_size"], batch_sizes))
     return v
 

@@ -77,7 +77,8 @@ def test_verdicts_can_go_either_way():
     assert strong["erases_more"] and strong["more_damage"]
     weak = B.chi2_verdict(budget(0.9, 0.1), CHI.label, KL.label)
     assert weak["erases_less"] and not weak["more_damage"]
-    anchors = {"a": {"near": {"drift": {"value": 1}}, "superclass": {"drift": {"value": 3}}, "empty": {"drift": {"value": 2}}}}
+    anchors = {"a": {"near": {"drift": {"value": 1}}, "superclass": {"drift": {"value": 3}},
+                     "empty": {"drift": {"value": 2}}}}
     assert B.anchor_verdict(anchors, ["a"]) == {"near_less_drift_than_empty": "1 of 1",
                                                  "superclass_less_drift_than_empty": "0 of 1"}
 

@@ -45,7 +45,9 @@ def test_f2_at_1_matches_a_finite_difference(div):
 
 def _numerical_sup(div, t):
     """sup_{u>0} t u - f(u), numerically over log u."""
-    objective = lambda s: -(t * math.exp(s) - float(div.f(torch.tensor(math.exp(s), dtype=torch.float64))))
+    def objective(s):
+        return -(t * math.exp(s) - float(div.f(torch.tensor(math.exp(s), dtype=torch.float64))))
+
     res = minimize_scalar(objective, bounds=(-25, 25), method="bounded", options={"xatol": 1e-12})
     return -res.fun
 

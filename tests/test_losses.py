@@ -3,8 +3,7 @@ import pytest
 import torch
 
 import fdu
-from fdu.losses import (closed_form_loss, critic_loss, generator_loss, squared_distance,
-                        variational_losses)
+from fdu.losses import closed_form_loss, critic_loss, generator_loss, squared_distance, variational_losses
 from fdu.verify import minimiser_check, official_match
 
 NAMES = ["kl", "reverse_kl", "jeffreys", "squared_hellinger", "jensen_shannon", "pearson_chi2",
@@ -125,7 +124,8 @@ def test_optimal_critic_recovers_the_divergence(name):
     delta = 0.8
     z = torch.randn(400_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     xp, xq = z + delta, z  # P = N(delta, 1), Q = N(0, 1)
-    ratio = lambda x: torch.exp(delta * x - delta**2 / 2)
+    def ratio(x):
+        return torch.exp(delta * x - delta**2 / 2)
 
     def logits(x):  # invert g_f numerically at f'(r(x))
         u = ratio(x).requires_grad_(True)
@@ -144,7 +144,9 @@ def test_optimal_critic_recovers_the_divergence(name):
 def test_total_variation_sign_critic_recovers_tv():
     delta = 0.8
     z = torch.randn(400_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    big = lambda x: 30.0 * torch.sign(x - delta / 2)  # g = tanh(v)/2 -> +-1/2
+    def big(x):  # g = tanh(v)/2 -> +-1/2
+        return 30.0 * torch.sign(x - delta / 2)
+
     estimate = -critic_loss("tv", big(z + delta), big(z))
     assert float(estimate) == pytest.approx(fdu.gaussian_divergence("tv", delta**2), rel=2e-2)
 
@@ -169,14 +171,100 @@ def test_variational_gradients_cannot_leak_between_players(name):
     assert torch.isfinite(losses.estimate)
 
 
-def test_generator_loss_is_finite_for_extreme_logits():
-    v = torch.tensor([-80.0, -5.0, 0.0, 5.0, 80.0], dtype=torch.float64)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_both_players_losses_and_gradients_are_finite_for_extreme_logits(dtype):
+    """Logits of ±80 (as an untrained or overconfident critic gives) keep both losses and their
+    gradients finite in float32 as in float64 (exp(80) ~ 5.5e34 < float32's 3.4e38)."""
     for name in ["kl", "reverse_kl", "squared_hellinger", "jensen_shannon", "neyman_chi2",
                  "total_variation", "pearson_chi2"]:
-        assert torch.isfinite(generator_loss(name, v[1:-1])), name
+        v = torch.tensor([-80.0, -5.0, 0.0, 5.0, 80.0], dtype=dtype, requires_grad=True)
+        for loss in (generator_loss(name, v), critic_loss(name, v, v.flip(0))):
+            (grad,) = torch.autograd.grad(loss, v)
+            assert torch.isfinite(loss) and torch.isfinite(grad).all(), (name, loss, grad)
         assert torch.isfinite(fdu.get_divergence(name).activation(v)).all(), name
 
 
 def test_critic_mask_must_broadcast():
     with pytest.raises(ValueError, match="broadcast"):
         critic_loss("kl", torch.zeros(2, 1, 6, 6), torch.zeros(2, 1, 6, 6), mask=torch.ones(2, 1, 5, 5))
+
+
+# --- edge cases found by running the official loss code beside ours --------------------------------
+
+def _official_m(pred, target, mask):
+    """The official MaskedMSE's m: sum over channels and positions of mask * diff^2, divided by
+    the sum of the one-channel mask over positions."""
+    return (mask * (pred - target) ** 2).flatten(1).sum(1) / mask.flatten(1).sum(1)
+
+
+def test_a_soft_mask_is_divided_by_its_own_sum_even_below_one():
+    pred, target = _pair(shape=(3, 4, 6, 6))
+    mask = torch.full((3, 1, 6, 6), 0.01)
+    mask[1, :, :3] = 0.002
+    m = squared_distance(pred, target, mask=mask)
+    assert torch.allclose(m, _official_m(pred, target, mask), rtol=1e-5)
+    # a uniform mask of any height counts every position equally: the unmasked mean
+    uniform = squared_distance(pred, target, mask=torch.full((3, 1, 6, 6), 0.01))
+    assert torch.allclose(uniform, squared_distance(pred, target), rtol=1e-5)
+    assert squared_distance(pred, target, mask=torch.zeros(3, 1, 6, 6)).eq(0).all()  # nothing counted: 0, not NaN
+
+
+def test_negative_or_nonfinite_mask_values_are_refused():
+    pred, target = _pair()
+    for bad in (-1.0, float("nan"), float("inf")):
+        mask = torch.ones(4, 1, 8, 8)
+        mask[0, 0, 0, 0] = bad
+        with pytest.raises(ValueError, match="mask values"):
+            closed_form_loss(pred, target, "kl", mask=mask)
+
+
+def test_mask_shapes_one_channel_per_element_and_batch_broadcast():
+    """Documented conventions: a per-element mask equal on every channel counts like its
+    one-channel version; a (1, 1, H, W) mask applies to every sample, like the official
+    broadcasting."""
+    pred, target = _pair(shape=(4, 3, 8, 8))
+    one = (torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)) > 0.3).float()
+    m = squared_distance(pred, target, mask=one)
+    assert torch.allclose(m, _official_m(pred, target, one), rtol=1e-5)
+    assert torch.allclose(squared_distance(pred, target, mask=one.expand(4, 3, 8, 8)), m, rtol=1e-6)
+    assert torch.allclose(squared_distance(pred, target, mask=one[:, 0]), m, rtol=1e-6)
+    shared = one[:1]
+    assert torch.allclose(squared_distance(pred, target, mask=shared),
+                          squared_distance(pred, target, mask=shared.expand(4, 1, 8, 8)), rtol=1e-6)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        squared_distance(pred, target, mask=torch.ones(2, 1, 8, 8))
+
+
+@pytest.mark.parametrize("divergence,exact", [
+    ("squared_hellinger", lambda d2: torch.exp(-d2 / 8) / 4),          # d/dd2 of 2(1 - e^{-d2/8})
+    ("alpha", lambda d2: torch.exp(-0.09 * d2 / 2) / 2),                 # alpha 0.1: c = 0.09
+])
+def test_saturating_closed_forms_keep_value_and_gradient_exact_far_out(divergence, exact):
+    """float32 gradients of -2 expm1(-d2/8) through torch's expm1 derivative (expm1 + 1) lose
+    their digits far out (4e-4 relative error at d2 = 80, 0 beyond ~150); ours stay exact."""
+    alpha = 0.1 if divergence == "alpha" else None
+    d2 = torch.tensor([1e-6, 1.0, 30.0, 80.0, 130.0, 200.0, 400.0, 600.0], requires_grad=True)
+    value = fdu.gaussian_divergence(divergence, d2, alpha)
+    (grad,) = torch.autograd.grad(value.sum(), d2)
+    want_value = fdu.gaussian_divergence(divergence, d2.detach().double(), alpha)
+    want_grad = exact(d2.detach().double())
+    assert torch.allclose(value.double(), want_value, rtol=1e-6, atol=0)
+    assert (grad > 0).all()
+    assert torch.allclose(grad.double(), want_grad, rtol=1e-5, atol=0), (grad, want_grad)
+
+
+def test_a_tiny_sigma_blames_sigma_not_the_inputs():
+    pred, target = _pair()
+    with pytest.raises(ValueError, match="larger sigma") as err:
+        closed_form_loss(pred, target, "kl", sigma=1e-30)
+    assert "NaN" not in str(err.value)
+
+
+def test_the_overflow_advice_fits_the_normalization():
+    pred, target = _pair(scale=3.0)
+    with pytest.raises(ValueError) as err:
+        closed_form_loss(pred, target, "pearson_chi2", sigma=0.5)          # already "mean"
+    assert "larger sigma" in str(err.value) and "normalization" not in str(err.value)
+    with pytest.raises(ValueError) as err:
+        closed_form_loss(pred, target, "pearson_chi2", normalization="sum")
+    assert "normalization='mean'" in str(err.value)

@@ -37,7 +37,8 @@ def test_world_draws_every_style_object_and_colour_deterministically():
     per_style = a.view(len(world.STYLES), len(world.SHAPES), 3, 32, 32).mean((1, 3, 4))   # mean colour
     gaps = torch.cdist(per_style, per_style) + torch.eye(len(world.STYLES))
     assert gaps.min() > 0.02                       # every style looks different on average
-    assert {"van gogh", "monet", "greg rutkowski", "salvador dali", "johannes vermeer", "jeremy mann"} <= set(world.STYLES)
+    kept = {"van gogh", "monet", "greg rutkowski", "salvador dali", "johannes vermeer", "jeremy mann"}
+    assert kept <= set(world.STYLES)
     with pytest.raises(ValueError, match="valid: painting, van gogh"):
         world.check_name("van goh", "style")
     with pytest.raises(ValueError, match="circle, square"):
@@ -182,7 +183,8 @@ def test_report_names_the_sd_scale_from_notebook_06s_results(tmp_path):
     nb06 = tmp_path / f"{report.NB06}.json"
     data = json.loads(nb06.read_text())
     assert "comparisons" in data["results"], "notebook 06's committed results carry the comparisons"
-    rows = {int(line.split("|")[1]): line for line in report.build(tmp_path).splitlines() if line[:3] in ("| 4", "| 5", "| 6")}
+    rows = {int(line.split("|")[1]): line for line in report.build(tmp_path).splitlines()
+            if line[:3] in ("| 4", "| 5", "| 6")}
     assert all("mini-SD" in rows[n] and "SD: not checkable here" in rows[n] for n in (4, 5, 6))
     data["parameters"]["model_id"] = "stabilityai/stable-diffusion-2-1"       # as a GPU run writes it
     nb06.write_text(json.dumps(data))

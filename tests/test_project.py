@@ -1,8 +1,8 @@
 """Project promises: the conda file matches pyproject, the report builds, the pins are exact."""
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

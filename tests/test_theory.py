@@ -68,9 +68,9 @@ def test_closed_form_descent_rate_is_one_minus_eta_f2(name):
 
 @pytest.mark.parametrize("name", GAME_NAMES + ["total_variation"])
 def test_symbolic_jacobian_matches_autograd_and_formula(name):
-    game = th.Game(name, mu=0.5, s=1.3)
+    game = th.Game(name, mu=0.5, sigma=1.3)
     auto = game.jacobian()
-    sym = np.array(th.symbolic_jacobian(name, mu=0.5, s=1.3).evalf(), dtype=float)
+    sym = np.array(th.symbolic_jacobian(name, mu=0.5, sigma=1.3).evalf(), dtype=float)
     np.testing.assert_allclose(auto, sym, atol=1e-10)
     np.testing.assert_allclose(auto, game.formula_jacobian(), atol=1e-10)
 
@@ -78,15 +78,15 @@ def test_symbolic_jacobian_matches_autograd_and_formula(name):
 @pytest.mark.parametrize("name", ["kl", "squared_hellinger"])
 def test_quadratic_critic_jacobian(name):
     game = th.Game(name, critic="quadratic")
-    sym = np.array(th.symbolic_jacobian(name, "quadratic", mu=0.5, s=1.0).evalf(), dtype=float)
+    sym = np.array(th.symbolic_jacobian(name, "quadratic", mu=0.5, sigma=1.0).evalf(), dtype=float)
     np.testing.assert_allclose(game.jacobian(), sym, atol=1e-10)
     assert game.jacobian().shape == (4, 4)
 
 
 def test_symbolic_jacobian_with_symbols_shows_f2_and_slope():
-    mu, s = sp.Symbol("mu", real=True), sp.Symbol("s", positive=True)
+    mu, sigma = sp.Symbol("mu", real=True), sp.Symbol("sigma", positive=True)
     j = th.symbolic_jacobian("squared_hellinger")  # f''(1) = 1/2, g' = 1: damping -2 M
-    assert sp.simplify(j[2, 2] - (-2 * (mu ** 2 + s ** 2))) == 0 and j[0, 2] == 1
+    assert sp.simplify(j[2, 2] - (-2 * (mu ** 2 + sigma ** 2))) == 0 and j[0, 2] == 1
 
 
 def test_js_with_unit_activation_slope_has_hellingers_jacobian():
@@ -127,8 +127,8 @@ def test_finite_batches_are_seeded_and_noisy():
 def test_bad_game_input():
     with pytest.raises(ValueError, match="linear"):
         th.Game("kl", critic="cubic")
-    with pytest.raises(ValueError, match="s must be"):
-        th.Game("kl", s=0.0)
+    with pytest.raises(ValueError, match="sigma must be"):
+        th.Game("kl", sigma=0.0)
     with pytest.raises(ValueError, match="simultaneous"):
         th.Game("kl").simulate(eta_theta=0.1, eta_omega=0.1, steps=1, start=np.zeros(3), mode="x")
     with pytest.raises(ValueError, match="run longer"):

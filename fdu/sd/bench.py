@@ -20,9 +20,9 @@ functions apply unchanged.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 
@@ -154,12 +154,13 @@ class Bench:
 def run(bench: Bench, spec: LossSpec, *, model: str, workdir, anchor: str, anchor_kind: str = "superclass",
         seed: int = 0,
         lr: float = 1e-3, steps: int = 200, checkpoints: Sequence[int] = (25, 50, 100, 200),
-        cache_dir=None, base_point: Optional[dict] = None, **run_options) -> dict:
+        cache_dir=None, base_point: dict | None = None, **run_options) -> dict:
     """One unlearning run through :func:`fdu.sd.run`, measured at each checkpoint (and step 0).
     ``anchor_kind``: "superclass", "near" or "empty" (how the comparisons group the run)."""
-    from .train import RunConfig, run as sd_run
-
     import math
+
+    from .train import RunConfig
+    from .train import run as sd_run
 
     every = math.gcd(*checkpoints)
     if max(checkpoints) != steps:

@@ -14,8 +14,8 @@ The CLIP model is a parameter (hub id or folder; the paper uses OpenAI's ViT-B/3
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -146,7 +146,8 @@ def evaluate(base_pipe, unlearned_pipe, concept: str, *, clip_model: str, retain
     for name in ("base", "unlearned"):
         r = rows[name]
         kept = [r[c] for c in concepts[1:]]
-        table[name] = {"erased_clip_score": r[concept]["clip_score"], "erased_clip_accuracy": r[concept]["clip_accuracy"],
+        table[name] = {"erased_clip_score": r[concept]["clip_score"],
+                       "erased_clip_accuracy": r[concept]["clip_accuracy"],
                        "retained_clip_score": sum(k["clip_score"] for k in kept) / len(kept) if kept else None,
                        "retained_clip_accuracy": sum(k["clip_accuracy"] for k in kept) / len(kept) if kept else None}
     kept_kid = [kid[c]["mean"] for c in concepts[1:] if c in kid]

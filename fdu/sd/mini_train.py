@@ -75,7 +75,7 @@ class Recipe:
     checkpoint_every: int = 250
 
     @classmethod
-    def quick(cls) -> "Recipe":
+    def quick(cls) -> Recipe:
         """A few steps of every stage (tests)."""
         return cls(n_images=256, vocab_size=560, clip_steps=3, clip_object_steps=2, clip_batch=32,
                    vae_steps=3, vae_batch=16, unet_steps=4, unet2_steps=2, unet_batch=8, unet_warmup=2,

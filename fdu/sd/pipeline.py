@@ -61,8 +61,7 @@ def build_tiny_pipeline(folder=None, *, seed: int = 0, prediction_type: str = "e
     """A tiny StableDiffusionPipeline with random weights (seeded). With ``folder``, it is also saved
     there (``StableDiffusionPipeline.from_pretrained(folder)`` loads it). ``sample_size``: the latent
     size (images are 8 times larger)."""
-    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     if prediction_type not in ("epsilon", "v_prediction"):
@@ -149,8 +148,7 @@ def build_tiny_clip(folder, *, seed: int = 0) -> Path:
     OpenAI's CLIP in CPU checks of the evaluation (its scores mean nothing)."""
     import tempfile
 
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor,
-                              CLIPTokenizer)
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:

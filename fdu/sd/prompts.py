@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 DATA = Path(__file__).resolve().parent / "data"
 CONCEPT_TYPES = ("style", "object", "nudity")

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -135,9 +135,9 @@ class RunConfig(UnlearnConfig):
                          group=ERASE)
     concept_type: str = option("style", "how target prompts are built from captions (the paper's "
                                "§4.2 templates)", group=ERASE, choices=CONCEPT_TYPES)
-    superclass: Optional[str] = option(None, "class word of the captions (default: painting for "
+    superclass: str | None = option(None, "class word of the captions (default: painting for "
                                        "style, people for nudity, the anchor for object)", group=ERASE)
-    captions: Optional[str] = option(None, "a text file of anchor captions, one per line (default: "
+    captions: str | None = option(None, "a text file of anchor captions, one per line (default: "
                                      "the model folder's own captions/<superclass>.txt if it has one, "
                                      "as the mini model does, else the shipped captions)", group=ERASE)
     preserve: tuple = option((), "prompts whose outputs --preservation-weight holds to the original "
@@ -156,10 +156,10 @@ class RunConfig(UnlearnConfig):
     anchor_guidance: float = option(6.0, "classifier-free guidance of the anchor images",
                                     group=ANCHOR_IMAGES)
     anchor_batch_size: int = option(4, "anchor images drawn per pipeline call", group=ANCHOR_IMAGES)
-    resolution: Optional[int] = option(None, "image size (default: the model's)", group=ANCHOR_IMAGES,
+    resolution: int | None = option(None, "image size (default: the model's)", group=ANCHOR_IMAGES,
                                        type=int)
     hflip: bool = option(True, "do not flip half the anchor latents", group=ANCHOR_IMAGES)
-    cache_dir: Optional[str] = option(None, "where anchor images are cached (default: OUTPUT/anchors)",
+    cache_dir: str | None = option(None, "where anchor images are cached (default: OUTPUT/anchors)",
                                       group=ANCHOR_IMAGES)
     # Stable Diffusion defaults of the loop's options (the official code's, on one GPU)
     steps: int = override(UnlearnConfig, "steps", 500)
@@ -174,7 +174,7 @@ class RunConfig(UnlearnConfig):
         if self.checkpoint_dir is None:
             self.checkpoint_dir = str(Path(self.output) / "checkpoints")
 
-    def check(self, num_train_timesteps: Optional[int] = None):
+    def check(self, num_train_timesteps: int | None = None):
         super().check(num_train_timesteps)
         for name, valid in (("group", PARAMETER_GROUPS), ("concept_type", CONCEPT_TYPES),
                             ("mixed_precision", MIXED_PRECISIONS)):
@@ -200,7 +200,8 @@ def check_known_concepts(cfg: RunConfig):
     for what, name in (("target", cfg.target), ("anchor", cfg.anchor)):
         if name and name.strip().lower() not in valid:
             raise ValueError(f"--{what} {name!r} is not a concept of the model {cfg.model} (its world.json): "
-                             f"styles {', '.join(known.get('styles', []))}; objects {', '.join(known.get('objects', []))}")
+                             f"styles {', '.join(known.get('styles', []))}; "
+                             f"objects {', '.join(known.get('objects', []))}")
 
 
 def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
@@ -210,8 +211,8 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
     from accelerate import Accelerator
     from safetensors.torch import save_file
 
-    from ..critics import PatchCritic
     from ..checkpoints import latest_checkpoint
+    from ..critics import PatchCritic
     from ..unlearn import unlearn
     from .anchors import generate_anchor_latents
     from .pipeline import load_pipeline, prediction_type

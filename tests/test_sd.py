@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from fdu.cli import main
 from fdu.sd import build_prompts, load_pipeline
+from fdu.sd.pipeline import build_random_pipeline
 from fdu.sd.prompts import read_prompt_file
 
 TINY = dict(sample_size=8)
@@ -197,3 +198,22 @@ def test_the_official_border_mask_leaves_the_edges_out(tiny):
     assert task.loss_mask[..., 0, :].sum() == 0 and task.loss_mask[..., 1:-1, 1:-1].all()
     with pytest.raises(ValueError, match="mask_border"):
         unlearning_task(pipe, targets, anchors, latents, mask_border=4)
+
+
+def test_the_sd1_architecture_of_the_gpu_check_has_stable_diffusions_sizes():
+    """The random-weight pipeline of benchmarks/gpu_check.sh, built on the meta device (no memory):
+    the SD 1.x UNet has 859,520,964 parameters and its VAE 83,653,863."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from fdu.sd.pipeline import ARCHITECTURES
+
+    unet_cfg, vae_cfg, _ = ARCHITECTURES["sd1"]
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(sample_size=64, in_channels=4, out_channels=4, **unet_cfg)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=512,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            **vae_cfg)
+    assert sum(p.numel() for p in unet.parameters()) == 859_520_964
+    assert sum(p.numel() for p in vae.parameters()) == 83_653_863
+    with pytest.raises(ValueError, match="architecture"):
+        build_random_pipeline(architecture="sdxl")

@@ -56,34 +56,52 @@ def write_char_tokenizer(folder) -> Path:
     return folder
 
 
-def build_tiny_pipeline(folder=None, *, seed: int = 0, prediction_type: str = "epsilon",
-                        sample_size: int = 32):
-    """A tiny StableDiffusionPipeline with random weights (seeded). With ``folder``, it is also saved
-    there (``StableDiffusionPipeline.from_pretrained(folder)`` loads it). ``sample_size``: the latent
-    size (images are 8 times larger)."""
+#: (UNet, VAE, text encoder) sizes of each architecture ``build_random_pipeline`` builds
+ARCHITECTURES = {
+    # a CPU-sized pipeline for tests and demos
+    "tiny": (dict(block_out_channels=(32, 64), layers_per_block=1,
+                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                  attention_head_dim=2, norm_num_groups=8),
+             dict(block_out_channels=(16, 16, 32, 32), norm_num_groups=8, layers_per_block=1),
+             dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)),
+    # Stable Diffusion 1.x: the UNet (860 M parameters), its VAE and a CLIP ViT-L/14-sized text encoder
+    "sd1": (dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
+                 attention_head_dim=8),
+            dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2),
+            dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)),
+}
+
+
+def build_random_pipeline(folder=None, *, architecture: str = "tiny", seed: int = 0,
+                          prediction_type: str = "epsilon", sample_size: int | None = None):
+    """A StableDiffusionPipeline with random weights (seeded), built from configs (nothing is
+    downloaded): ``architecture`` "tiny" (CPU-sized) or "sd1" (Stable Diffusion 1.x sizes, for
+    speed and memory checks on a GPU; its tokenizer is the small character tokenizer). With
+    ``folder``, it is also saved there (``StableDiffusionPipeline.from_pretrained(folder)`` loads
+    it). ``sample_size``: the latent size (images are 8 times larger; default 32 tiny, 64 sd1)."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {tuple(ARCHITECTURES)}, got {architecture!r}")
     if prediction_type not in ("epsilon", "v_prediction"):
         raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    unet_cfg, vae_cfg, text_cfg = ARCHITECTURES[architecture]
+    sample_size = sample_size or (32 if architecture == "tiny" else 64)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=sample_size, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-        attention_head_dim=2, norm_num_groups=8, in_channels=4, out_channels=4)
-    vae = AutoencoderKL(block_out_channels=(16, 16, 32, 32), in_channels=3, out_channels=3,
-                        latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
-                        layers_per_block=1, sample_size=sample_size * 8)  # 8x, as Stable Diffusion's
+    unet = UNet2DConditionModel(sample_size=sample_size, in_channels=4, out_channels=4, **unet_cfg)
+    n = len(vae_cfg["block_out_channels"])
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, down_block_types=("DownEncoderBlock2D",) * n,
+                        up_block_types=("UpDecoderBlock2D",) * n, sample_size=sample_size * 8,  # 8x, as SD's
+                        **vae_cfg)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = CLIPTokenizer.from_pretrained(str(write_char_tokenizer(tmp)))
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+        vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **text_cfg))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1,
                               prediction_type=prediction_type)
@@ -95,6 +113,19 @@ def build_tiny_pipeline(folder=None, *, seed: int = 0, prediction_type: str = "e
         pipe.save_pretrained(str(folder))
         write_char_tokenizer(Path(folder) / "tokenizer")  # vocab.json + merges.txt beside tokenizer.json
     return pipe
+
+
+def build_tiny_pipeline(folder=None, *, seed: int = 0, prediction_type: str = "epsilon",
+                        sample_size: int = 32):
+    """A tiny StableDiffusionPipeline with random weights (see :func:`build_random_pipeline`)."""
+    return build_random_pipeline(folder, architecture="tiny", seed=seed, prediction_type=prediction_type,
+                                 sample_size=sample_size)
+
+
+def build_sd1_pipeline(folder=None, *, seed: int = 0):
+    """A Stable Diffusion 1.x-architecture pipeline with random weights, 512 px (about 1.07 B
+    parameters, 4.3 GB in float32): for the GPU check (``benchmarks/gpu_check.sh``)."""
+    return build_random_pipeline(folder, architecture="sd1", seed=seed)
 
 
 def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",

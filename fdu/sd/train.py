@@ -268,6 +268,8 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
                "resumed_from": str(resume_from) if resume_from else None,
                "final_loss": result.history["loss"][-1] if result.history["loss"] else None,
                "seconds": {"setup": round(t1 - t0, 2), "train": round(t2 - t1, 2)}}
+    if torch.cuda.is_available():
+        summary["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_file({n: p.detach().float().cpu().contiguous() for n, p in task.params.items()},

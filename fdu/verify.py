@@ -113,11 +113,11 @@ def official_match(seed: int = 0, scale: float = 0.3):
     mask[:, :, 1:-1, 1:-1] = 1  # the official 1-pixel border
     ours = {"mse": ("kl", 2.0), "hellinger": ("squared_hellinger", 0.5), "pearson": ("pearson_chi2", 1.0)}
     out = {}
-    for key, (name, weight) in ours.items():
+    for key, (name, omega) in ours.items():
         p1 = pred0.clone().requires_grad_(True)
         p2 = pred0.clone().requires_grad_(True)
         official = official_masked_losses(p1, target, mask)[key]
-        mine = closed_form_loss(p2, target, name, omega=weight, mask=mask, normalization="mean")
+        mine = closed_form_loss(p2, target, name, omega=omega, mask=mask, normalization="mean")
         (g1,) = torch.autograd.grad(official, p1)
         (g2,) = torch.autograd.grad(mine, p2)
         out[key] = {"offset": float((mine - official).detach()), "max_grad_diff": float((g1 - g2).abs().max()),

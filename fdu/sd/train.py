@@ -133,8 +133,8 @@ class RunConfig(UnlearnConfig):
                          '("salvador dali"), or "" (the empty prompt)', group=ERASE)
     output: str = option(help="folder for checkpoints, unlearned weights, pipeline and summary",
                          group=ERASE)
-    concept_type: str = option("style", "how target prompts are built from captions (the paper's "
-                               "§4.2 templates)", group=ERASE, choices=CONCEPT_TYPES)
+    concept_type: str = option("style", "how target prompts are built from captions (the official "
+                               "code's templates)", group=ERASE, choices=CONCEPT_TYPES)
     superclass: str | None = option(None, "class word of the captions (default: painting for "
                                        "style, people for nudity, the anchor for object)", group=ERASE)
     captions: str | None = option(None, "a text file of anchor captions, one per line (default: "

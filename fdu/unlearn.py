@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoints
-from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: F401 (public here too)
 from .critics import WithContext
 from .divergences import get_divergence
 from .gaussian import DivergenceOverflowError

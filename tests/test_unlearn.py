@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fdu import toy2d
+from fdu.checkpoints import load_checkpoint
 from fdu.critics import MLPCritic
 from fdu.unlearn import (
     NonFiniteLossError,
@@ -14,7 +15,6 @@ from fdu.unlearn import (
     closed_form_expectation,
     fit_critic,
     frozen_output,
-    load_checkpoint,
     unlearn,
 )
 

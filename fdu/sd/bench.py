@@ -33,7 +33,7 @@ from ..metrics import wilson
 def load_checkpoint_into(pipe, path, group: str = "kv") -> list:
     """Put the trained tensors of an unlearning checkpoint (``checkpoints/step_N.safetensors``) into
     ``pipe``; returns the original values (to restore with :func:`restore`)."""
-    from ..unlearn import load_checkpoint
+    from ..checkpoints import load_checkpoint
     from .train import Denoiser, select_parameters
 
     tensors, _ = load_checkpoint(path)

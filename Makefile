@@ -32,13 +32,14 @@ figures: install
 	@mkdir -p $(EXECUTED)
 	@set -e; for nb in $(NOTEBOOKS); do \
 		echo "== papermill $$nb"; \
-		HF_HUB_OFFLINE=1 MPLBACKEND=Agg $(PY) -m papermill --log-level WARNING -k python3 \
+		HF_HUB_OFFLINE=1 MPLBACKEND=Agg FDU_FIGURES_DIR=$(CURDIR)/figures FDU_RESULTS_DIR=$(CURDIR)/paper/results \
+			$(PY) -m papermill --log-level WARNING -k python3 \
 			--cwd notebooks $$nb $(EXECUTED)/$$(basename $$nb); \
 	done
 	$(MAKE) paper
 
 paper: install
-	$(PY) -m fdu.report
+	FDU_RESULTS_DIR=$(CURDIR)/paper/results $(PY) -m fdu.report
 
 bench: install
 	$(PY) benchmarks/bench_losses.py

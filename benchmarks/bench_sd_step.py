@@ -64,9 +64,28 @@ def measure(arch: str, reference: str, steps: int, batch: int, device: str, dtyp
     seconds = (time.perf_counter() - t0) / steps
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    check = {group: finite_check_seconds(params, device) for group, params in
+             (("kv", task.trained_parameters()), ("unet", list(unet.parameters())))}
     return {"arch": arch, "reference": reference, "seconds_per_step": seconds, "peak_mib": peak,
             "peak_kind": "GPU allocated" if device == "cuda" else "process RSS", "device": device,
-            "dtype": dtype, "batch": batch, "unet_parameters": sum(p.numel() for p in unet.parameters())}
+            "dtype": dtype, "batch": batch, "unet_parameters": sum(p.numel() for p in unet.parameters()),
+            "finite_check_seconds": check}
+
+
+def finite_check_seconds(params, device: str, repeats: int = 50) -> float:
+    """Mean time of the loop's check that parameters are finite after an update
+    (``fdu.checkpoints.all_finite``: one max-abs per tensor, one synchronisation)."""
+    import torch
+
+    from fdu.checkpoints import all_finite
+
+    all_finite(params)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        assert all_finite(params)
+    return (time.perf_counter() - t0) / repeats
 
 
 def main():
@@ -101,6 +120,11 @@ def main():
     for r in rows:
         name = "fdu: swapped K/V originals" if r["reference"] == "swapped" else "full frozen UNet copy"
         print(f"| {name} | {r['seconds_per_step']:.4f} | {r['peak_mib']:.0f} |")
+    r = rows[0]
+    kv, unet = r["finite_check_seconds"]["kv"], r["finite_check_seconds"]["unet"]
+    print(f"\nthe finiteness check after each update (included in s / step above): {kv * 1e3:.3f} ms for the "
+          f"trained K/V = {100 * kv / r['seconds_per_step']:.2f} % of a step; for every UNet parameter "
+          f"(--params unet) {unet * 1e3:.3f} ms = {100 * unet / r['seconds_per_step']:.2f} % of this K/V step")
 
 
 if __name__ == "__main__":

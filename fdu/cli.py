@@ -77,6 +77,8 @@ def _evaluate_parser(sub):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fdu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (they are for bugs; a user error is one line)")
     sub = parser.add_subparsers(dest="command", required=True)
     _unlearn_parser(sub)
     _evaluate_parser(sub)
@@ -124,12 +126,19 @@ def _unlearn(args):
 
 
 def _evaluate(args):
-    from .sd.evaluate import evaluate, save_report, table_markdown
+    from .paths import writable_folder
+    from .sd.evaluate import check_evaluation, evaluate, save_report, table_markdown
     from .sd.pipeline import load_pipeline
 
+    check_evaluation(steps=args.steps, guidance=args.guidance, size=args.size)
     folder = Path(args.unlearned)
+    report_path = Path(args.output) if args.output else folder / "eval.json"
+    if report_path.is_dir():
+        raise ValueError(f"--output {report_path} is a folder: name the JSON report, e.g. {report_path / 'eval.json'}")
+    writable_folder(report_path.parent, "the folder of the report")  # before any image is drawn
     pipe_dir = folder / "pipeline" if (folder / "pipeline" / "model_index.json").is_file() else folder
-    base, unlearned = load_pipeline(args.model), load_pipeline(str(pipe_dir))
+    base = load_pipeline(args.model, progress=not args.quiet)
+    unlearned = load_pipeline(str(pipe_dir), progress=not args.quiet)
     prompts, info, retained = None, {}, args.retained
     if args.eval_prompts:
         from .sd.prompts import eval_concepts, eval_prompts
@@ -151,15 +160,18 @@ def _evaluate(args):
                       prompts=prompts, concept_type=concept_type, superclass=superclass,
                       steps=args.steps, guidance=args.guidance, seed=args.seed, size=args.size,
                       progress=not args.quiet)
-    out = save_report(report, args.output or (folder / "eval.json"))
+    out = save_report(report, report_path)
     print(table_markdown(report))
     print(f"\nreport: {out} (and {out.with_suffix('.md')})")
 
 
 def main(argv=None) -> int:
+    """Run one command; a user error (bad input, a missing or damaged file, a run that diverged)
+    prints one line and returns 2, an interruption returns 130; anything else is a bug and raises."""
     args = build_parser().parse_args(argv)
-    from .sd.pipeline import ModelNotAvailableError
-    from .unlearn import NonFiniteLossError
+    import torch
+
+    from .errors import NonFiniteError
 
     try:
         if args.command == "unlearn":
@@ -193,10 +205,31 @@ def main(argv=None) -> int:
 
             for name, d in DIVERGENCES.items():
                 print(f"{name:20s} {getattr(d, 'description', '')}")
-    except (ValueError, FileNotFoundError, FileExistsError, ModelNotAvailableError, NonFiniteLossError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted" + ("; rerun the same command with --resume to continue from the last checkpoint"
+                               if args.command == "unlearn" else ""), file=sys.stderr)
+        return 130
+    except (ValueError, OSError, NonFiniteError, torch.OutOfMemoryError) as err:
+        # ValueError: bad input, damaged checkpoints, mismatched resumes; OSError: missing models and
+        # files, permissions, a full disk; NonFiniteError: a diverged run (nothing non-finite written)
+        if args.debug:
+            raise
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    import torch
+
+    if isinstance(err, torch.OutOfMemoryError):
+        return ("out of GPU memory: lower --batch-size (raise --gradient-accumulation-steps to keep the "
+                "effective batch), train fewer parameters (--params kv), or use --mixed-precision bf16")
+    if isinstance(err, OSError) and err.filename and err.strerror:  # e.g. "Permission denied: runs/x"
+        return f"{err.strerror}: {err.filename}"
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ class Bench:
 def run(bench: Bench, target: int, anchor: str, spec: LossSpec, *, lr: float, steps: int,
         checkpoints: Sequence[int], batch_size: int = 64, sigma: float = 1.0,
         normalization: str = "sum", critic_lr: float = 1e-3, critic_warmup: int = 20,
-        critic_hidden: int = 128, seed: int = 0, train: str = "kv") -> dict:
+        critic_hidden: int = 128, seed: int = 0, train: str = "kv", units: str = "output") -> dict:
     """Unlearn ``target`` towards ``anchor`` with one loss on a copy of the base model, measuring at
     each step in ``checkpoints`` (the base model's measures stand for step 0). Returns
     {"spec", "lr", "target", "anchor", "seed", "curve": [{"step", ...measures}], "failed", "model"}.
@@ -176,6 +176,7 @@ def run(bench: Bench, target: int, anchor: str, spec: LossSpec, *, lr: float, st
     critic = MLPCritic(64, hidden=critic_hidden, context_dim=64) if spec.variational else None
     cfg = UnlearnConfig(divergence=spec.divergence, alpha=spec.alpha, variational=spec.variational,
                         steps=steps, batch_size=batch_size, lr=lr, sigma=sigma, normalization=normalization,
+                        units=units,
                         critic_lr=critic_lr, critic_warmup=critic_warmup if spec.variational else 0,
                         log_every=math.gcd(*checkpoints), seed=seed, progress=False)
     out = {"spec": spec, "lr": lr, "target": target, "anchor": anchor, "seed": seed, "curve": curve,

@@ -41,7 +41,8 @@ def spec_linestyle(spec) -> str:
 
 
 def savefig(fig, name: str):
-    """Write ``figures/<name>.png`` and ``.pdf`` (the folder may be redirected, see fdu.paths)."""
+    """Write ``<name>.png`` and ``.pdf`` to :func:`fdu.paths.figures_dir` (``figures/`` under ``make
+    figures``, ``scratch/figures`` in an interactive session)."""
     folder = figures_dir()
     paths = []
     for ext, extra in (("png", {}), ("pdf", {"metadata": {"CreationDate": None}})):

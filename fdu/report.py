@@ -1,7 +1,8 @@
 """Build ``paper/REPRODUCTION.md`` from the notebooks' results JSONs (``python -m fdu.report``).
 
-One row per claim of paper.md section 5: the paper's statement, our measured result, the scale at
-which we measured it, and a status. Nothing here is typed by hand that a notebook measured: a row
+One row per claim of the paper (Novello et al., ICML 2026; ``paper/REFERENCES.md``): the paper's
+statement and where we read it, our measured result, the scale at which we measured it, and a
+status. Nothing here is typed by hand that a notebook measured: a row
 whose notebook has not run says so.
 """
 from __future__ import annotations
@@ -9,39 +10,43 @@ from __future__ import annotations
 from pathlib import Path
 
 from .metrics import format_ci
-from .paths import REPO_ROOT, results_dir
+from .paths import REPO_ROOT, report_results_dir
 from .results import load_results
 from .verdicts import NB02, NB03, NB04, NB05, NB06
 
 NB01 = "01_f_divergences_between_gaussians"
 NOTEBOOKS = (NB01, NB02, NB03, NB04, NB05, NB06)
 
-# (number, the paper's statement [source tag in paper.md], who measures it)
+# (number, the paper's statement (its source: see paper/REFERENCES.md), who measures it)
 CLAIMS = [
     (1, "MSE is the KL instance: with equal-covariance Gaussian reverse steps KL = ω_t‖Δε‖², so the "
-        "Concept-Ablation loss is KL-DMU [v2-abs]", NB01),
+        "Concept-Ablation loss is KL-DMU (source: v2 abstract)", NB01),
     (2, "α-family closed forms D_α = [1 − exp(−α(1−α)δ²/2)]/(α(1−α)); Hellinger gives −exp(−δ²/8), "
-        "Pearson gives exp(δ²); cost equals MSE [v2-abs; DER; code constants]", NB01),
-    (3, "Gradient ordering: per-sample weights Hellinger < MSE < χ² for non-trivial discrepancy [PN]",
+        "Pearson gives exp(δ²); cost equals MSE "
+        "(source: v2 abstract; the formula is our derivation, its constants the official code's)", NB01),
+    (3, "Gradient ordering: per-sample weights Hellinger < MSE < χ² for non-trivial discrepancy (source: summary)",
      NB02),
     (4, "Headline: the Hellinger closed form consistently dominates MSE (SD 2.1 Van Gogh: erased CS "
-        "0.624 vs 0.635, KID 0.027 vs 0.028) [v2-abs, PN]", "04/05/06 (toy, digits, mini-SD); SD needs a GPU"),
-    (5, "P-DMU is the strong-erasure mode: lowest erased CA (0.1), retained CA 0.76 [PN]",
+        "0.624 vs 0.635, KID 0.027 vs 0.028) "
+        "(source: v2 abstract; numbers from a summary)", "04/05/06 (toy, digits, mini-SD); SD needs a GPU"),
+    (5, "P-DMU is the strong-erasure mode: lowest erased CA (0.1), retained CA 0.76 (source: summary)",
      "04/05/06 (toy, digits, mini-SD)"),
     (6, "Variational Hellinger: highest retained scores (CS 0.702, CA 0.88), weaker erasure, higher KID "
-        "(0.051) [PN]", "04/05/06 (toy, digits, mini-SD)"),
-    (7, "Baselines on SD 2.1 Van Gogh: ESD, DoCo, CAbl numbers [PN]", None),
-    (8, "Nudity: H-DMU I2P 0.063, MMA 0.049 / 0.042 vs CAbl 0.120, 0.118, 0.141 [PN]", None),
-    (9, "Sequential 10-artist erasure: the Hellinger variant gives lower KID on retained artists [PN]",
+        "(0.051) (source: summary)", "04/05/06 (toy, digits, mini-SD)"),
+    (7, "Baselines on SD 2.1 Van Gogh: ESD, DoCo, CAbl numbers (source: summary)", None),
+    (8, "Nudity: H-DMU I2P 0.063, MMA 0.049 / 0.042 vs CAbl 0.120, 0.118, 0.141 (source: summary)", None),
+    (9, "Sequential 10-artist erasure: the Hellinger variant gives lower KID on retained artists (source: summary)",
      None),
-    (10, "Anchors: near and superclass anchors preserve unrelated concepts better [AL]",
+    (10, "Anchors: near and superclass anchors preserve unrelated concepts better (source: summary of v1)",
      "04/05/06 (toy, digits, mini-SD)"),
-    (11, "Local convergence: JS and squared Hellinger converge faster (guided by f''(1)) [AL]",
+    (11, "Local convergence: JS and squared Hellinger converge faster (guided by f''(1)) (source: summary of v1)",
      NB03),
-    (12, "Variational estimates depend on batch size; closed forms are exact for any batch [README]",
+    (12, "Variational estimates depend on batch size; closed forms are exact for any batch "
+         "(source: official README)",
      "04/05/06 (toy, digits, mini-SD)"),
-    (13, "Same optimum for all f: f changes the path and aggressiveness, not the optimum [PN; DER]", NB01),
-    (14, "Results carry over to SD 1.4, 1.5, XL, SD3 and FLUX [PN]", None),
+    (13, "Same optimum for all f: f changes the path and aggressiveness, not the optimum "
+         "(source: summary; our derivation)", NB01),
+    (14, "Results carry over to SD 1.4, 1.5, XL, SD3 and FLUX (source: summary)", None),
 ]
 
 NOT_CHECKABLE = ("not checkable here: needs Stable Diffusion weights and a GPU (no model hub on this "
@@ -336,14 +341,24 @@ def _d4(R):
         parts.append(f"{what}: drift Hellinger {c['mean_drift_a']:.3g} vs MSE {c['mean_drift_b']:.3g} (ratio "
                      f"{c['drift_ratio']:.2f}; Hellinger lower in {c['a_lower_drift']} of {c['pairs']} pairs), "
                      f"KID {c['mean_kid_a']:.3g} vs {c['mean_kid_b']:.3g} (lower in {c['a_lower_kid']})")
-    text = (f"Digits ({_dscale(par)}), matched erasure (erased accuracy ≤ {par['threshold']:g}, least drift "
-            "over the learning rates) " + "; ".join(parts) + _source(NB05))
+    text = (f"Digits ({_dscale(par)}), δ² of the model's v outputs (what the loop compares, as the official "
+            f"code compares outputs), matched erasure (erased accuracy ≤ {par['threshold']:g}, least drift "
+            "over the learning rates) " + "; ".join(parts))
     # the seeded comparison (more pairs) decides where it exists
     first = verdicts.get("hellinger_vs_mse_first_erased_seeds",
                          verdicts.get("hellinger_vs_mse_matched_erasure", "inconclusive"))
     best = verdicts.get("hellinger_vs_mse_best_erased_seeds",
                         verdicts.get("hellinger_vs_mse_best_erased", "inconclusive"))
-    return text, "digits: " + _hellinger_status(first, best)
+    status = _hellinger_status(first, best)
+    eps = r["epsilon_units"]["verdict"]
+    e_first, e_best = (eps[k]["verdict"] for k in ("hellinger_vs_mse_matched_erasure", "hellinger_vs_mse_best_erased"))
+    e_parts = [f"{what}: " + ("not both erased" if c["verdict"] == "inconclusive" else
+                              f"drift Hellinger {c['mean_drift_a']:.3g} vs MSE {c['mean_drift_b']:.3g} "
+                              f"(lower in {c['a_lower_drift']} of {c['pairs']} pairs)")
+               for what, c in (("first erased", eps["hellinger_vs_mse_matched_erasure"]),
+                               ("best erased", eps["hellinger_vs_mse_best_erased"]))]
+    text += (". With ε-equivalent δ² (Δε = √ᾱ_t Δv; one seed): " + "; ".join(e_parts) + _source(NB05))
+    return text, _both(status, _hellinger_status(e_first, e_best))
 
 
 def _hellinger_status(first: str, best: str) -> str:
@@ -377,16 +392,41 @@ def _d5(R):
     if "erased_accuracy" not in chi or "erased_accuracy" not in kl:
         return "Digits: χ² or MSE has no measure at the budget", "digits: inconclusive"
     text = (f"Digits at a matched budget (lr {par['budget_lr']:g}, {par['budget_step']} steps, "
-            f"{len(par['targets'])} targets): erased accuracy χ² {_ci(chi['erased_accuracy'])} vs MSE "
+            f"{len(par['targets'])} targets), δ² of the model's v outputs: erased accuracy χ² "
+            f"{_ci(chi['erased_accuracy'])} vs MSE "
             f"{_ci(kl['erased_accuracy'])}; retained {_ci(chi['retained_accuracy'])} vs "
             f"{_ci(kl['retained_accuracy'])}; drift {_ci(chi['drift'])} vs {_ci(kl['drift'])}; runs stopped "
-            f"by overflow: {c['failed_runs']}" + _source(NB05))
-    status = ("reproduced" if c["erases_more"] and c["more_damage"] else
-              "contradicted (χ² erases less, with exact per-sample weights most samples get almost none)"
-              if c.get("erases_less") else
-              "partly (stronger erasure, not more damage)" if c["erases_more"] else
-              "partly (more damage, not stronger erasure)" if c["more_damage"] else "not reproduced")
-    return text, "digits: " + status
+            f"by overflow: {c['failed_runs']}")
+    eps = r["epsilon_units"]
+    e_chi, e_kl = eps["matched_budget"].get("Pearson χ²", {}), eps["matched_budget"].get("KL = MSE", {})
+    if "erased_accuracy" in e_chi and "erased_accuracy" in e_kl:
+        text += (f". With ε-equivalent δ² (Δε = √ᾱ_t Δv): erased accuracy χ² {_ci(e_chi['erased_accuracy'])} vs MSE "
+                 f"{_ci(e_kl['erased_accuracy'])}; drift {_ci(e_chi['drift'])} vs {_ci(e_kl['drift'])}")
+    share = r.get("gradient_share_by_timestep", {})
+    if "Pearson χ²" in share.get("output", {}) and "Pearson χ²" in share.get("epsilon", {}):
+        half = {u: sum(share[u]["Pearson χ²"]["share"][:len(share[u]["Pearson χ²"]["share"]) // 2])
+                for u in ("output", "epsilon")}
+        text += (f". χ²'s gradient at the start of unlearning lies {half['output']:.0%} (v) and {half['epsilon']:.0%} "
+                 "(ε-equivalent) in the less noisy half of the timesteps: the verdict does not rest on the "
+                 "high-noise steps")
+    text += _source(NB05)
+    return text, _both(_chi2_status(c), _chi2_status(eps["verdict"]["chi2_vs_mse_budget"]))
+
+
+def _both(v_status: str, eps_status: str) -> str:
+    """The digits status of a claim measured with δ² of the v outputs and with ε-equivalent δ²."""
+    if v_status == eps_status:
+        return f"digits: {v_status} (with δ² of the v outputs and with ε-equivalent δ²)"
+    return f"digits: {v_status} (v outputs); {eps_status} (ε-equivalent)"
+
+
+def _chi2_status(c: dict) -> str:
+    """Claim 5's status from :func:`fdu.digits_bench.chi2_verdict`."""
+    return ("reproduced" if c["erases_more"] and c["more_damage"] else
+            "contradicted (χ² erases less: with exact per-sample weights most samples get almost none)"
+            if c.get("erases_less") else
+            "partly (stronger erasure, not more damage)" if c["erases_more"] else
+            "partly (more damage, not stronger erasure)" if c["more_damage"] else "not reproduced")
 
 
 def _d6(R):
@@ -597,15 +637,17 @@ def _source(notebook: str) -> str:
 
 
 def build(folder: Path | None = None) -> str:
-    folder = folder or results_dir()
+    folder = folder or report_results_dir()
     loaded = {nb: load_results(nb, folder) for nb in NOTEBOOKS}
     R = {nb: dict(d["results"], _params=d["parameters"]) for nb, d in loaded.items() if d}
     lines = [
         "# Reproduction report",
         "",
         "Generated by `make paper` (`python -m fdu.report`) from `paper/results/*.json`, which the "
-        "notebooks write; do not edit by hand. The claims are those of `paper.md` §5 (our digest of "
-        "Novello et al., ICML 2026); the bracketed tag says where each statement comes from.",
+        "notebooks write; do not edit by hand. The claims are those of Novello et al., ICML 2026 "
+        "(arXiv:2509.21167); after each, its source: the abstract, a summary of the paper (its numbers are "
+        "to be checked against the paper), the official code or README, or our derivation "
+        "(`paper/REFERENCES.md`).",
         "",
         "| # | the paper's claim | our result | scale | status |",
         "|---|---|---|---|---|",

@@ -9,7 +9,7 @@ weight
     w_f(delta2) = (dD_f/d delta2) / (dD_KL/d delta2) = 2 dD_f/d delta2,
 
 which is f''(1) at delta2 = 0 and, for the alpha family, exp(-alpha (1 - alpha) delta2 / 2) (our
-derivation, paper.md section 2.3 [DER]). :func:`gradient_weight` computes it by autograd through
+derivation: the paper states the ordering, not this formula). :func:`gradient_weight` computes it by autograd through
 the registry, :func:`symbolic_gradient_weight` by sympy, :func:`loss_gradient_weight` through
 :func:`fdu.losses.closed_form_loss`; :func:`descend` runs plain gradient descent on a toy.
 
@@ -19,7 +19,8 @@ P = N(mu, sigma^2) is the anchor, Q_theta = N(theta, sigma^2) the model, and the
 V_omega(x) = omega . phi(x) with phi(x) = (1, x) ("linear") or (1, x, x^2) ("quadratic"). With
 T = g_f(V) the value is U(theta, omega) = E_P[T] - E_Q[f*(T)]; theta descends, omega ascends.
 At the equilibrium theta = mu, V = v* with g_f(v*) = f'(1), the Jacobian of the simultaneous
-field (-dU/dtheta, dU/domega) is (our reconstruction, paper.md section 3.4 [DER])
+field (-dU/dtheta, dU/domega) is (our reconstruction: the standard local analysis of GAN games
+[Mescheder 2017; Nagarajan 2017]; the paper's own statement was not available to us)
 
     J = [[0, g' b^T], [-g' b, -(g'^2 / f''(1)) M]],   M = E_P[phi phi^T],  b = E_P[phi'(x)],
 
@@ -481,3 +482,38 @@ def batch_runs(game: Game, batches, *, eta: float, steps: int, start_offset: flo
         out[n] = {"floor": floor, "rate_of_mean_path": rate, "single_run": single[0],
                   "mean_path": mean_dist}
     return out
+
+
+# --- two time-scales: a critic step r times the model's ----------------------------------------------
+
+def two_timescale_equivalent(jac: np.ndarray, eta: float, ratio: float) -> tuple[np.ndarray, float]:
+    """(J', eta') such that simultaneous GDA with steps (eta, ratio * eta) on ``jac`` is similar to
+    GDA with one step eta' = eta sqrt(r) on J' = J with its critic block times sqrt(r). In the
+    critic's rescaled coordinates omega = sqrt(r) omega~ the two one-step maps are the same matrix
+    (:func:`symbolic_two_timescale` derives it), so a critic learning rate r times the model's
+    multiplies the damping ratio kappa by sqrt(r) and the effective step by sqrt(r)."""
+    root = math.sqrt(ratio)
+    scaled = np.array(jac, dtype=float)
+    scaled[1:, 1:] *= root
+    return scaled, eta * root
+
+
+def symbolic_two_timescale(k: int = 2) -> sp.Matrix:
+    """P^-1 (I + S J) P - (I + eta sqrt(r) J_r) for a generic game Jacobian with k critic features
+    (J = [[0, a^T], [-a, -D]], D symmetric), S = diag(eta, r eta, ...), P = diag(1, sqrt(r), ...) and
+    J_r = [[0, a^T], [-a, -sqrt(r) D]]; sympy simplifies it to the zero matrix."""
+    eta, r = sp.symbols("eta r", positive=True)
+    a = sp.symbols(f"a1:{k + 1}", real=True)
+    d = sp.Matrix(k, k, lambda i, j: sp.Symbol(f"d{min(i, j) + 1}{max(i, j) + 1}", real=True))
+    jac = sp.zeros(k + 1, k + 1)
+    jac_r = sp.zeros(k + 1, k + 1)
+    for i in range(k):
+        jac[0, i + 1] = jac_r[0, i + 1] = a[i]
+        jac[i + 1, 0] = jac_r[i + 1, 0] = -a[i]
+        for j in range(k):
+            jac[i + 1, j + 1] = -d[i, j]
+            jac_r[i + 1, j + 1] = -sp.sqrt(r) * d[i, j]
+    steps = sp.diag(eta, *([r * eta] * k))
+    change = sp.diag(1, *([sp.sqrt(r)] * k))
+    eye = sp.eye(k + 1)
+    return sp.simplify(change.inv() * (eye + steps * jac) * change - (eye + eta * sp.sqrt(r) * jac_r))

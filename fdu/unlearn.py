@@ -9,7 +9,9 @@ For a target concept c* and an anchor concept c, each step
 3. compares them with a divergence between the Gaussian reverse steps they define: closed form
    (:func:`closed_form_step`) or variational (:func:`variational_step`: a critic that ascends
    E_P[T] - E_Q[f*(T)] while the denoiser descends it);
-4. steps the optimiser on the chosen parameters.
+4. steps the optimiser on the chosen parameters, once the gradients are known to be finite (and
+   checks the parameters after it): a run stops with :class:`NonFiniteError` rather than carry on
+   with, or write, an inf or a NaN.
 
 A scale plugs in through :class:`Task`: the model, how to call it, where anchor x0 come from.
 The frozen reference is either a module (a full copy) or, by default, :class:`SwappedReference`,
@@ -34,17 +36,19 @@ import torch.nn.functional as F
 from . import checkpoints
 from .critics import WithContext
 from .divergences import get_divergence
+from .errors import NonFiniteError, NonFiniteLossError, ResumeMismatchError
 from .gaussian import DivergenceOverflowError
 from .losses import NORMALIZATIONS, VariationalLosses, closed_form_loss, variational_losses
 from .options import option
 
 CRITIC_INPUTS = ("reverse_step", "outputs")
+UNITS = ("output", "epsilon")
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 Forward = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became inf or NaN; the parameters were not updated with it."""
+__all__ = ["AnchorBatch", "NonFiniteError", "NonFiniteLossError", "SingleProcess", "SwappedReference", "Task",
+           "UnlearnConfig", "UnlearnResult", "unlearn"]
 
 
 class AnchorBatch(NamedTuple):
@@ -150,6 +154,9 @@ class UnlearnConfig:
     normalization: str = option("mean", "mean: channels summed, positions averaged (the official "
                                 "convention); sum: the exact squared distance", group="the loss",
                                 choices=NORMALIZATIONS)
+    units: str = option("output", "output: compare the models' outputs as they are (the official code); "
+                        "epsilon: convert them to noise-prediction units first (v-prediction: Δε = √ᾱ_t Δv), so "
+                        "that δ² weighs the timesteps as an ε-model's would", group="the loss", choices=UNITS)
     timestep_range: tuple | None = option(None, "draw t uniformly in [LO, HI) instead of every "
                                              "timestep", group="the loss", type=int, nargs=2,
                                              metavar=("LO", "HI"))
@@ -162,7 +169,8 @@ class UnlearnConfig:
     critic_input: str = option("reverse_step", "what the critic sees: reverse_step (draws of the two "
                                "Gaussian steps, with x_t and t) or outputs (the outputs alone, as the "
                                "official code)", group="the loss", choices=CRITIC_INPUTS)
-    critic_warmup: int = option(0, "steps at the start where only the critic trains", group="the loss")
+    critic_warmup: int = option(0, "steps at the start where only the critic trains (from Python, >= steps "
+                                "trains the critic alone, as fit_critic does)", group="the loss")
     steps: int = option(200, "optimiser steps", group="training")
     batch_size: int = option(64, "anchor images per micro-batch (per process)", group="training")
     gradient_accumulation_steps: int = option(1, "micro-batches per optimiser step", group="training")
@@ -197,7 +205,7 @@ class UnlearnConfig:
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         for name, valid in (("optimizer", tuple(OPTIMIZERS)), ("critic_input", CRITIC_INPUTS),
-                            ("normalization", NORMALIZATIONS)):
+                            ("normalization", NORMALIZATIONS), ("units", UNITS)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
         if self.checkpoint_every and not self.checkpoint_dir:
@@ -224,6 +232,8 @@ class UnlearnResult:
     metrics: list = field(default_factory=list)   # what the callback returned, with its step
     checkpoints: list = field(default_factory=list)
     steps_done: int = 0
+    resume: dict | None = None          # {"from", "step", "changed": {option: [old, new]}} when resumed
+    skipped_steps: list = field(default_factory=list)  # fp16 steps skipped for inf gradients
 
     def save(self, path) -> Path:
         path = Path(path)
@@ -272,18 +282,38 @@ def draw_batch(task: Task, config: UnlearnConfig, gen: torch.Generator) -> Batch
     return Batch(task.scheduler.add_noise(drawn.x0, noise, t), t, drawn.target, drawn.anchor)
 
 
-def _outputs(task: Task, batch: Batch, acc) -> tuple[torch.Tensor, torch.Tensor]:
-    """(anchor_out, trained_out): the frozen model under the anchor, the trained one under the target."""
+def epsilon_scale(scheduler, t: torch.Tensor) -> torch.Tensor:
+    """Per-sample factor s_t with Δε = s_t · Δoutput at a fixed x_t, from the scheduler's prediction
+    type: 1 for ε; √ᾱ_t for v (ε = √ᾱ_t v + √(1−ᾱ_t) x_t); √(ᾱ_t / (1−ᾱ_t)) for x0 ("sample"),
+    up to a sign that a squared distance does not see."""
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    abar = scheduler.alphas_cumprod.to(torch.float64)[t.cpu().long()]
+    if kind == "epsilon":
+        return torch.ones_like(abar, dtype=torch.float32)
+    if kind == "v_prediction":
+        return abar.sqrt().float()
+    if kind == "sample":
+        return (abar / (1 - abar)).sqrt().float()
+    raise ValueError(f"units='epsilon' does not know the prediction type {kind!r} (epsilon, v_prediction, sample)")
+
+
+def _outputs(task: Task, config: UnlearnConfig, batch: Batch, acc) -> tuple[torch.Tensor, torch.Tensor]:
+    """(anchor_out, trained_out): the frozen model under the anchor, the trained one under the target
+    (with ``config.units == "epsilon"``, both times :func:`epsilon_scale`)."""
     with acc.autocast():
         anchor_out = frozen_output(task, batch.x_t, batch.t, batch.anchor).float()
         trained_out = task.forward(task.model, batch.x_t, batch.t, batch.target).float()
+    if config.units == "epsilon":
+        scale = epsilon_scale(task.scheduler, batch.t).to(anchor_out.device)
+        scale = scale.reshape(-1, *([1] * (anchor_out.dim() - 1)))
+        anchor_out, trained_out = anchor_out * scale, trained_out * scale
     return anchor_out, trained_out
 
 
 def closed_form_step(task: Task, config: UnlearnConfig, div, batch: Batch, acc) -> tuple[torch.Tensor, str]:
     """The closed-form loss ω_t D_f(‖trained_out − anchor_out‖² / σ²) of one micro-batch, or
     (inf, the reason) when it overflows or the outputs are not finite."""
-    anchor_out, trained_out = _outputs(task, batch, acc)
+    anchor_out, trained_out = _outputs(task, config, batch, acc)
     try:
         return closed_form_loss(trained_out, anchor_out, div, sigma=config.sigma, omega=config.omega,
                                 normalization=config.normalization, mask=task.loss_mask), ""
@@ -296,7 +326,7 @@ def variational_step(task: Task, config: UnlearnConfig, div, batch: Batch, acc, 
     """Both players' losses on one micro-batch. ``critic_input="reverse_step"``: the critic sees
     draws y = output + σ z of the two Gaussian steps, with x_t and t / T; ``"outputs"``: the
     outputs alone (the official code's choice)."""
-    anchor_out, trained_out = _outputs(task, batch, acc)
+    anchor_out, trained_out = _outputs(task, config, batch, acc)
     with acc.autocast():
         if config.critic_input == "outputs":
             return variational_losses(div, critic, anchor_out, trained_out)
@@ -371,13 +401,10 @@ def accumulate_gradients(task, config, div, acc, gen, critic, *, step: int, trai
             keep_sum += float(keep.detach()) / k
         finite = bool(torch.isfinite(loss)) and (critic_losses is None or bool(torch.isfinite(critic_losses.critic)))
         if _on_any_process(acc, not finite):
-            where = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else
-                     "no checkpoint was written yet (set checkpoint_every)")
             raise NonFiniteLossError(
-                f"non-finite loss at step {step} with divergence {div.name!r} (lr {config.lr:g}, "
+                f"non-finite loss at step {step + 1} with divergence {div.name!r} (lr {config.lr:g}, "
                 f"sigma {config.sigma:g}){': ' + reason if reason else ''}; the parameters were "
-                f"not updated; {where}. Lower the learning rate, raise sigma, or pick a divergence "
-                "with bounded gradients")
+                f"not updated; {_where(last_checkpoint)}. {ADVICE}")
         if train_model:  # with the critic frozen, this leaves the critic's .grad untouched
             acc.backward(loss / k if k > 1 else loss)
         if critic_losses is not None:  # on detached outputs: never reaches the model
@@ -388,6 +415,34 @@ def accumulate_gradients(task, config, div, acc, gen, critic, *, step: int, trai
     return loss_sum, (keep_sum if preserving else None)
 
 
+ADVICE = "Lower the learning rate, raise sigma, or pick a divergence with bounded gradients"
+
+
+def _where(last_checkpoint) -> str:
+    return (f"the last good checkpoint is {last_checkpoint} (resume from it with a lower learning rate: "
+            "a resumed run may change lr)" if last_checkpoint else "no checkpoint was written yet")
+
+
+def apply_update(optimizer, params, stats: dict, acc, *, step: int, last_checkpoint) -> bool:
+    """``optimizer.step()`` only with finite gradients, and a check of the parameters after it.
+    Non-finite gradients: under fp16 gradient scaling the step is skipped (the scaler lowers its
+    scale; returns False), otherwise :class:`NonFiniteError` before anything changes. Parameters
+    non-finite after a step taken on finite gradients (the update overflowed): NonFiniteError,
+    and the model in memory is not to be used (nothing is written from it)."""
+    if not math.isfinite(stats["grad_l2"]):
+        if getattr(acc, "scaler", None) is not None:
+            optimizer.step()   # accelerate's scaler sees the inf and skips the update
+            return False
+        raise NonFiniteError(f"non-finite gradients at step {step + 1} (the loss was finite); the parameters "
+                             f"were not updated; {_where(last_checkpoint)}. {ADVICE}")
+    optimizer.step()
+    if _on_any_process(acc, not checkpoints.all_finite(params)):
+        raise NonFiniteError(f"the update of step {step + 1} made parameters inf or NaN (from finite gradients: "
+                             f"the step was too large); the model in memory is unusable and nothing was "
+                             f"written from it; {_where(last_checkpoint)}. {ADVICE}")
+    return True
+
+
 def _save(config, done: int, acc, gen, **state) -> Path:
     """Every process's generator state goes into the main process's checkpoint."""
     path = Path(config.checkpoint_dir) / f"step_{done}.safetensors"
@@ -396,8 +451,7 @@ def _save(config, done: int, acc, gen, **state) -> Path:
         states = acc.gather(gen.get_state()[None])
         extra = {f"rng/generator/{r}": states[r] for r in range(1, acc.num_processes)}
     if acc.is_main_process:
-        checkpoints.save_checkpoint(path, step=done, generator=gen, config=config.loop_config(),
-                                    extra=extra, **state)
+        checkpoints.save_checkpoint(path, step=done, generator=gen, config=config, extra=extra, **state)
     acc.wait_for_everyone()
     return path
 
@@ -406,12 +460,16 @@ def _save(config, done: int, acc, gen, **state) -> Path:
 
 def unlearn(task: Task, config: UnlearnConfig, *, critic: torch.nn.Module | None = None,
             callback: Callable[[int, Task], dict] | None = None,
-            resume_from=None, accelerator=None) -> UnlearnResult:
+            resume_from=None, accelerator=None, checkpoint_info: dict | None = None) -> UnlearnResult:
     """Run the unlearning loop (see the module docstring). ``critic``: required when
     ``config.variational``; with ``critic_input="reverse_step"`` the game estimates the same
     E_t,x_t[D_f] as the closed form with that σ and ``normalization="sum"``.
     ``callback(step, task)``: called every ``config.log_every`` steps (and at step 0 and the end),
-    may return a dict of metrics to record. ``resume_from``: a checkpoint to continue from.
+    may return a dict of metrics to record. ``resume_from``: a checkpoint to continue from; its
+    run's options must equal ``config``'s except those of
+    :data:`fdu.checkpoints.RESUMABLE_CHANGES` (e.g. a new ``lr`` is applied to the restored
+    optimiser, a larger ``steps`` extends the run); ``result.resume`` records what changed.
+    ``checkpoint_info``: JSON written into every checkpoint's metadata (``"info"``).
     ``accelerator``: an ``accelerate.Accelerator`` for mixed precision (forward passes under its
     autocast, losses in float32, gradient scaling for fp16) and data parallelism (``accelerate
     launch``): each process draws its own batches (seed + process index), gradients are averaged
@@ -434,11 +492,21 @@ def unlearn(task: Task, config: UnlearnConfig, *, critic: torch.nn.Module | None
     state = dict(params=params, optimizer=optimizer, reference=task.reference, critic=critic,
                  critic_optimizer=critic_opt)
     history = _new_history(config, config.preservation_weight > 0 and bool(task.preserve))
-    start, metrics = 0, []
+    start, metrics, resumed = 0, [], None
     if resume_from is not None:
+        saved = checkpoints.read_metadata(resume_from)
+        changes = checkpoints.resume_changes(saved.get("config"), config, int(saved["step"]))
+        written_by = int(saved.get("info", {}).get("processes", acc.num_processes))
+        if written_by != acc.num_processes:
+            raise ResumeMismatchError(f"{resume_from} was written by a run of {written_by} process(es), this one has "
+                                      f"{acc.num_processes}: resume with the same number (each draws its own batches)")
         start, history, metrics = checkpoints.restore(resume_from, generator=gen, rank=acc.process_index,
                                                       **state)
-    result = UnlearnResult(history, metrics)
+        for opt, lr in ((optimizer, config.lr), (critic_opt, config.critic_lr)):
+            for group in getattr(opt, "param_groups", []):  # the new run's learning rates, not the checkpoint's
+                group["lr"] = lr
+        resumed = {"from": str(resume_from), "step": start, "changed": changes}
+    result = UnlearnResult(history, metrics, resume=resumed)
 
     def record(step):
         if callback is not None and acc.is_main_process:
@@ -464,12 +532,15 @@ def unlearn(task: Task, config: UnlearnConfig, *, critic: torch.nn.Module | None
             _average_gradients(params, acc)
             acc.unscale_gradients(optimizer)
             stats = _grad_stats(params)
-            if config.max_grad_norm is not None:
+            if config.max_grad_norm is not None and math.isfinite(stats["grad_l2"]):
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
+            if not apply_update(optimizer, params, stats, acc, step=step, last_checkpoint=last_checkpoint):
+                result.skipped_steps.append(step + 1)
         if critic_opt is not None:
             _average_gradients(critic.parameters(), acc)
-            critic_opt.step()
+            critic_stats = _grad_stats(list(critic.parameters()))
+            apply_update(critic_opt, list(critic.parameters()), critic_stats, acc, step=step,
+                         last_checkpoint=last_checkpoint)
         for key, value in {"step": step + 1, "loss": loss, **stats}.items():
             history[key].append(value)
         if keep is not None:
@@ -479,11 +550,13 @@ def unlearn(task: Task, config: UnlearnConfig, *, critic: torch.nn.Module | None
         if done % config.log_every == 0 or done == config.steps:
             record(done)
         if config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.steps):
-            last_checkpoint = _save(config, done, acc, gen, history=history, metrics=metrics, **state)
+            last_checkpoint = _save(config, done, acc, gen, history=history, metrics=metrics,
+                                    info={**(checkpoint_info or {}), "processes": acc.num_processes}, **state)
             result.checkpoints.append(str(last_checkpoint))
     bar.close()
     result.steps_done = config.steps
     if config.checkpoint_dir and acc.is_main_process:
+        Path(config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
         result.save(Path(config.checkpoint_dir) / "history.json")
     return result
 
@@ -505,10 +578,34 @@ def closed_form_expectation(task: Task, config: UnlearnConfig, n: int = 4096) ->
     t = _timesteps(config, n, int(task.scheduler.config.num_train_timesteps), gen)
     x_t = task.scheduler.add_noise(drawn.x0, torch.randn(drawn.x0.shape, generator=gen, dtype=drawn.x0.dtype), t)
     with torch.no_grad():
-        anchor_out = frozen_output(task, x_t, t, drawn.anchor)
-        trained_out = task.forward(task.model, x_t, t, drawn.target)
+        anchor_out, trained_out = _outputs(task, config, Batch(x_t, t, drawn.target, drawn.anchor), SingleProcess())
         return float(closed_form_loss(trained_out, anchor_out, config.divergence, alpha=config.alpha,
                                       sigma=config.sigma, normalization="sum"))
+
+
+def gradient_share_by_timestep(task: Task, config: UnlearnConfig, *, n: int = 4096, bins: int = 10) -> dict:
+    """Where a closed-form loss puts its gradient, by timestep, for the current model: each sample's
+    gradient with respect to the trained output has norm 2 D_f'(δ²) ‖Δ‖ / σ² (Δ the outputs'
+    difference in ``config.units``, δ² = ‖Δ‖²/σ², ``normalization="sum"``); returns the bin edges
+    of t and each bin's share of the summed norms, from n samples with t uniform."""
+    from .gaussian import gaussian_divergence
+
+    gen = torch.Generator().manual_seed(config.seed + 54321)
+    drawn = task.sample_anchor_x0(n, gen)
+    total = int(task.scheduler.config.num_train_timesteps)
+    t = torch.randint(0, total, (n,), generator=gen)
+    x_t = task.scheduler.add_noise(drawn.x0, torch.randn(drawn.x0.shape, generator=gen, dtype=drawn.x0.dtype), t)
+    with torch.no_grad():
+        anchor_out, trained_out = _outputs(task, config, Batch(x_t, t, drawn.target, drawn.anchor), SingleProcess())
+    diff = (trained_out - anchor_out).double().flatten(1).norm(dim=1)
+    d2 = (diff ** 2 / config.sigma ** 2).requires_grad_(True)
+    div = get_divergence(config.divergence, config.alpha)
+    (slope,) = torch.autograd.grad(gaussian_divergence(div, d2).sum(), d2)
+    norm = (2 * slope * diff / config.sigma ** 2).detach()
+    edges = torch.linspace(0, total, bins + 1)
+    which = torch.bucketize(t.double(), edges[1:-1].double(), right=True)
+    share = torch.zeros(bins, dtype=torch.float64).index_add_(0, which, norm) / norm.sum()
+    return {"edges": edges.tolist(), "share": share.tolist()}
 
 
 def critic_estimates_by_batch_size(task_for: Callable[[str], Task], divergences: Sequence[str],

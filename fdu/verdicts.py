@@ -35,7 +35,8 @@ SCHEMA = {
             "variational_hellinger_weaker_erasure_than_closed?",
             "near_preserves_better_than_empty_closed", "superclass_preserves_better_than_empty_closed",
             "variational_bias_shrinks_with_batch", "variational_spread_shrinks_with_batch")),
-    NB05: (("matched_erasure", "best_erased", "matched_budget", "anchors", "batch_size", "seeds"),
+    NB05: (("matched_erasure", "best_erased", "matched_budget", "anchors", "batch_size", "seeds",
+            "epsilon_units"),
            ("hellinger_vs_mse_matched_erasure", "hellinger_vs_mse_best_erased",
             "hellinger_vs_mse_first_erased_seeds", "hellinger_vs_mse_best_erased_seeds",
             "chi2_vs_mse_budget", "variational_hellinger_budget?", "anchors_closed",
@@ -58,13 +59,17 @@ def missing_keys(notebook: str, results: dict) -> list:
 
 
 def batch_size_verdict(estimates: dict, batch_sizes: Sequence[int]) -> dict:
-    """Whether the critic's estimate gets less biased and less spread from the smallest to the
-    largest batch, for every divergence (``estimates`` from
-    :func:`fdu.unlearn.critic_estimates_by_batch_size`)."""
-    small, large = str(batch_sizes[0]), str(batch_sizes[-1])
+    """Whether the critic's estimate gets less biased and less spread as the batch grows, for every
+    divergence (``estimates`` from :func:`fdu.unlearn.critic_estimates_by_batch_size`): "shrinks"
+    means smaller at each larger batch size (a curve that dips and rises again does not shrink)."""
+    sizes = [str(b) for b in batch_sizes]
+
+    def shrinks(values):
+        return all(later < earlier for earlier, later in zip(values, values[1:]))
+
     return {"variational_bias_shrinks_with_batch": all(
-                abs(r[large]["relative_bias"]) < abs(r[small]["relative_bias"]) for r in estimates.values()),
-            "variational_spread_shrinks_with_batch": all(r[large]["std"] < r[small]["std"]
+                shrinks([abs(r[s]["relative_bias"]) for s in sizes]) for r in estimates.values()),
+            "variational_spread_shrinks_with_batch": all(shrinks([r[s]["std"] for s in sizes])
                                                          for r in estimates.values())}
 
 
@@ -156,3 +161,13 @@ def digits(*, matched: dict, best: dict, seeds_first: dict, seeds_best: dict, bu
     v["anchors_variational"] = B.anchor_verdict(anchors, [s.label for s in anchor_specs if s.variational])
     v.update(batch_size_verdict(estimates, batch_sizes))
     return v
+
+
+def digits_units(*, matched: dict, best: dict, budget: dict) -> dict:
+    """Notebook 05, claims 4 and 5 again with another δ² (e.g. ε-equivalent units): Hellinger against
+    MSE at the first and the best erased checkpoint, χ² against MSE at the matched budget."""
+    from . import digits_bench as B
+
+    return {"hellinger_vs_mse_matched_erasure": B.compare_at_matched_erasure(matched, "squared Hellinger", "KL = MSE"),
+            "hellinger_vs_mse_best_erased": B.compare_at_matched_erasure(best, "squared Hellinger", "KL = MSE"),
+            "chi2_vs_mse_budget": B.chi2_verdict(budget, "Pearson χ²", "KL = MSE")}

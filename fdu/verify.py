@@ -96,7 +96,8 @@ def slopes(names=ALL_NAMES, alphas=(0.5, 2.0), grid=None):
 
 
 def official_masked_losses(pred, target, mask):
-    """The official f-DMU closed-form losses (re-implemented from paper.md section 7, sigma = 1)."""
+    """The official f-DMU closed-form losses (re-implemented from the official code's ``flosses.py``
+    [f-DMU code], sigma = 1)."""
     m = (mask * (pred - target.detach()) ** 2).sum((1, 2, 3)) / mask.sum((1, 2, 3))
     return {"mse": m.mean(), "hellinger": (-torch.exp(-m / 8)).mean(), "pearson": torch.exp(m).mean()}
 
@@ -136,4 +137,22 @@ def minimiser_check(names=ALL_NAMES, alphas=(0.3, 0.5, 2.0)):
         bumped = closed_form_loss(target + 1e-2, target, div)
         out[div.name] = {"loss_at_minimum": float(loss.detach()), "grad_is_finite": bool(torch.isfinite(g).all()),
                          "max_abs_grad": float(g.abs().max()), "loss_nearby": float(bumped)}
+    return out
+
+
+def conjugate_identities_at_one(names=ALL_NAMES) -> dict:
+    """The two identities the game's Jacobian uses, for each smooth f with a closed-form f*:
+    f*'(f'(1)) = 1 and f*''(f'(1)) = 1/f''(1) (f*' is the inverse function of f'), by autograd
+    in float64; returns {name: {"first": |f*'(f'(1)) - 1|, "second": |f''(1) f*''(f'(1)) - 1|}}."""
+    out = {}
+    for name in names:
+        div = get_divergence(name)
+        if not div.smooth or div.conjugate_expr is None:
+            continue
+        u = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+        (fp,) = torch.autograd.grad(div.f(u), u)
+        t0 = fp.detach().clone().requires_grad_(True)
+        (d1,) = torch.autograd.grad(div.conjugate(t0), t0, create_graph=True)
+        (d2,) = torch.autograd.grad(d1, t0)
+        out[name] = {"first": abs(float(d1.detach()) - 1.0), "second": abs(div.f2_at_1 * float(d2) - 1.0)}
     return out

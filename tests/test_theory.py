@@ -143,3 +143,42 @@ def test_official_normalisation_is_a_temperature():
     exact = th.official_delta2(rms, channels=4, positions=64 * 64, normalization="sum")
     np.testing.assert_allclose(exact / mean, 64 * 64)
     assert math.isclose(float(mean[1]), 4 * 0.25)
+
+
+def test_the_conjugate_identities_the_jacobian_uses_hold_for_every_game_divergence():
+    """f*'(f'(1)) = 1 and f*''(f'(1)) = 1/f''(1), by autograd through the registry's f and f*; a wrong
+    conjugate (here f* of KL shifted by a factor) breaks them."""
+    from fdu.verify import conjugate_identities_at_one
+
+    checked = conjugate_identities_at_one(GAME_NAMES)
+    assert set(checked) == set(GAME_NAMES)
+    assert all(v["first"] < 1e-12 and v["second"] < 1e-12 for v in checked.values())
+    from dataclasses import replace
+
+    import fdu.divergences as D
+
+    kl = D.get_divergence("kl")
+    broken = replace(kl, name="kl_broken", conjugate_expr=lambda t, ops: 2 * kl.conjugate_expr(t, ops))
+    D.DIVERGENCES["kl_broken"] = broken
+    try:
+        assert conjugate_identities_at_one(["kl_broken"])["kl_broken"]["first"] > 0.5
+    finally:
+        del D.DIVERGENCES["kl_broken"]
+
+
+def test_a_critic_step_r_times_the_models_is_the_shared_step_game_with_kappa_times_sqrt_r():
+    """sympy: the two one-step maps are similar for a generic Jacobian; numerically: equal predicted rates,
+    and the simulated two-step run contracts at the predicted rate."""
+    assert th.symbolic_two_timescale(2) == sp.zeros(3, 3)
+    game = th.Game("pearson_chi2", mu=0.5, sigma=1.0)
+    for r in (4.0, 9.0):
+        scaled, eta_eq = th.two_timescale_equivalent(game.jacobian(), 0.1, r)
+        assert eta_eq == pytest.approx(0.1 * math.sqrt(r))
+        assert th.predicted_rate(game.jacobian(), 0.1, 0.1 * r) == pytest.approx(
+            th.predicted_rate(scaled, eta_eq, eta_eq), abs=1e-12)
+    # chi2 (kappa 1/2) with r = 4 has KL's damping: at the same effective step, KL's rate
+    kl = th.Game("kl", mu=0.5, sigma=1.0)
+    run = th.rate_comparison(game, eta_theta=0.1, eta_omega=0.4, steps=400)
+    assert run["measured_rate"] == pytest.approx(run["predicted_rate"], abs=2e-3)
+    assert run["predicted_rate"] == pytest.approx(th.predicted_rate(kl.jacobian(), 0.2, 0.2), abs=1e-9)
+    assert th.predicted_rate(game.jacobian(), 0.2, 0.2) > run["predicted_rate"] + 0.01  # and it is faster

@@ -4,7 +4,10 @@ Image i is generated from prompt ``prompts[i % len(prompts)]`` with its own gene
 ``seed + i``, so an interrupted generation continues where it stopped and gives the same images as
 an uninterrupted one. Each image is stored as its latent (what training uses, ``NNNNN.safetensors``,
 with its prompt in the metadata) and, optionally, as a PNG to look at. A folder is keyed by everything
-that changes the images (model, prompts, size, sampler steps, guidance, seed), so two settings never mix.
+that changes the images (the model's weights, prompts, size, sampler steps, guidance, seed), so two
+settings never mix: the model enters by :func:`model_fingerprint`, its contents, so a model rebuilt or
+fine-tuned at the same path gets new anchors. A cached latent that does not read back (a damaged file)
+is generated again.
 """
 from __future__ import annotations
 
@@ -16,27 +19,62 @@ from pathlib import Path
 import torch
 
 
-def _key(model_name: str, prompts: Sequence[str], height: int, width: int, steps: int, guidance: float,
+def model_fingerprint(pipe) -> str:
+    """A hash of what makes a pipeline's latents: the UNet's and the text encoder's tensors (names,
+    shapes, dtypes and, per tensor, the float64 sum and sum of absolute values), the scheduler's
+    config and the tokenizer's vocabulary size. One pass over the weights (on a GPU: milliseconds)."""
+    names, stats = [], []
+    with torch.no_grad():
+        for owner in ("unet", "text_encoder"):
+            for name, t in getattr(pipe, owner).state_dict().items():
+                names.append(f"{owner}.{name}:{tuple(t.shape)}:{t.dtype}")
+                if t.is_floating_point():
+                    stats.append(torch.stack([t.double().sum(), t.double().abs().sum()]))
+    blob = json.dumps({"tensors": names, "scheduler": dict(pipe.scheduler.config),
+                       "vocab": len(pipe.tokenizer)}, sort_keys=True, default=str).encode()
+    values = torch.stack(stats).cpu().numpy().tobytes() if stats else b""
+    return hashlib.sha256(blob + values).hexdigest()[:16]
+
+
+def _key(model_fingerprint: str, prompts: Sequence[str], height: int, width: int, steps: int, guidance: float,
          seed: int, negative_prompt: str | None) -> str:
-    blob = json.dumps({"model": model_name, "prompts": list(prompts), "height": height, "width": width,
+    blob = json.dumps({"model": model_fingerprint, "prompts": list(prompts), "height": height, "width": width,
                        "steps": steps, "guidance": guidance, "seed": seed, "negative": negative_prompt},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def anchor_folder(root, pipe, prompts, *, height, width, steps, guidance, seed, negative_prompt=None) -> Path:
-    name = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "pipeline")
-    return Path(root) / _key(str(name), prompts, height, width, steps, guidance, seed, negative_prompt)
+    """The cache folder of these settings under ``root``: named by a hash of the model's contents
+    (:func:`model_fingerprint`) and every setting that changes the images."""
+    return Path(root) / _key(model_fingerprint(pipe), prompts, height, width, steps, guidance, seed,
+                             negative_prompt)
+
+
+def _read_latent(path: Path, warn) -> torch.Tensor | None:
+    """A cached latent, or None (the file is removed, to be generated again) when it is damaged."""
+    from safetensors.torch import load_file
+
+    try:
+        latent = load_file(str(path))["latent"]
+        if torch.isfinite(latent).all():
+            return latent
+        reason = "non-finite values"
+    except Exception as err:  # safetensors' own error for a truncated or empty file
+        reason = f"{type(err).__name__}: {err}"
+    warn(f"warning: the cached anchor latent {path} is damaged ({reason}); generating it again")
+    path.unlink()
+    return None
 
 
 @torch.no_grad()
 def generate_anchor_latents(pipe, prompts: Sequence[str], n: int, root, *, height: int | None = None,
                             width: int | None = None, steps: int = 25, guidance: float = 6.0,
                             seed: int = 0, negative_prompt: str | None = None, batch_size: int = 4,
-                            save_png: bool = True, progress: bool = True) -> torch.Tensor:
+                            save_png: bool = True, progress: bool = True, warn=print) -> torch.Tensor:
     """n anchor latents (n, C, h, w) on the CPU, generated or read from the cache under ``root``.
     ``negative_prompt``: e.g. the target for nudity (clothed anchors, as the official code does)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     prompts = list(prompts)
@@ -53,7 +91,9 @@ def generate_anchor_latents(pipe, prompts: Sequence[str], n: int, root, *, heigh
     (folder / "settings.json").write_text(json.dumps(
         {"prompts": prompts, "height": height, "width": width, "steps": steps, "guidance": guidance,
          "seed": seed, "negative_prompt": negative_prompt}, indent=1))
-    missing = [i for i in range(n) if not (folder / f"{i:05d}.safetensors").is_file()]
+    cached = {i: _read_latent(folder / f"{i:05d}.safetensors", warn) for i in range(n)
+              if (folder / f"{i:05d}.safetensors").is_file()}
+    missing = [i for i in range(n) if cached.get(i) is None]
     device = pipe.unet.device
     bar = tqdm(total=len(missing), disable=not progress or not missing, desc="anchor images", leave=False)
     for start in range(0, len(missing), batch_size):
@@ -70,11 +110,12 @@ def generate_anchor_latents(pipe, prompts: Sequence[str], n: int, root, *, heigh
             tmp = folder / f"{i:05d}.tmp"
             save_file({"latent": latents[j].contiguous()}, str(tmp), metadata={"prompt": prompts[i % len(prompts)]})
             tmp.replace(folder / f"{i:05d}.safetensors")   # never a half-written latent under the real name
+            cached[i] = latents[j].contiguous()
             if save_png:
                 decode_to_pil(pipe, latents[j:j + 1])[0].save(folder / f"{i:05d}.png")
         bar.update(len(idx))
     bar.close()
-    return torch.stack([load_file(str(folder / f"{i:05d}.safetensors"))["latent"] for i in range(n)])
+    return torch.stack([cached[i] for i in range(n)])
 
 
 @torch.no_grad()

@@ -159,6 +159,7 @@ def run(bench: Bench, spec: LossSpec, *, model: str, workdir, anchor: str, ancho
     ``anchor_kind``: "superclass", "near" or "empty" (how the comparisons group the run)."""
     import math
 
+    from ..errors import NonFiniteError
     from .train import RunConfig
     from .train import run as sd_run
 
@@ -175,7 +176,7 @@ def run(bench: Bench, spec: LossSpec, *, model: str, workdir, anchor: str, ancho
     failed = False
     try:
         sd_run(cfg, log=lambda *a: None)
-    except ValueError as err:       # a non-finite loss stops the run with a clear error
+    except NonFiniteError as err:   # a diverged run stops with a clear error and is recorded as failed
         failed = str(err)
     curve = [{"step": 0, **(base_point or bench.measure())}]
     for c in checkpoints:

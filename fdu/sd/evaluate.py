@@ -1,4 +1,4 @@
-"""Evaluation as in the paper (paper.md §4.4): CLIP score, CLIP accuracy and KID.
+"""Evaluation as in the paper [Novello 2026] and its code (``evaluate.py``): CLIP score, CLIP accuracy and KID.
 
 * **CLIP score (CS)** of an image for a concept: 2.5 · max(cos(image, "A photo depicts " + text), 0);
   for styles the text is "{artist} style" (and "painting" for the superclass).
@@ -14,6 +14,7 @@ The CLIP model is a parameter (hub id or folder; the paper uses OpenAI's ViT-B/3
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,6 +91,18 @@ def _uint8(images) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])).permute(0, 3, 1, 2)
 
 
+def check_evaluation(*, steps: int, guidance: float, size: int | None, kid_subset: int = 50):
+    """ValueError for evaluation settings that cannot work, before any image is drawn."""
+    if int(steps) < 1:
+        raise ValueError(f"steps (sampler steps per image) must be >= 1, got {steps}")
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"guidance must be a finite number >= 0 (1: no classifier-free guidance), got {guidance}")
+    if size is not None and (size < 8 or size % 8):
+        raise ValueError(f"size must be a positive multiple of 8 (the VAE halves it three times), got {size}")
+    if int(kid_subset) < 2:
+        raise ValueError(f"kid_subset must be >= 2, got {kid_subset}")
+
+
 def evaluate(base_pipe, unlearned_pipe, concept: str, *, clip_model: str, retained: Sequence[str] | None = None,
              prompts: dict | None = None, concept_type: str = "style", superclass: str = "painting",
              steps: int = 30, guidance: float = 7.5, seed: int = 0, size: int | None = None,
@@ -102,6 +115,7 @@ def evaluate(base_pipe, unlearned_pipe, concept: str, *, clip_model: str, retain
 
     from .prompts import eval_concepts, eval_prompts
 
+    check_evaluation(steps=steps, guidance=guidance, size=size, kid_subset=kid_subset)
     if retained is None:
         retained = eval_concepts().get(concept, {}).get("retained", [])
     concepts = [concept] + [c for c in retained if c != concept]
@@ -158,7 +172,7 @@ def evaluate(base_pipe, unlearned_pipe, concept: str, *, clip_model: str, retain
 
 
 def table_markdown(report: dict) -> str:
-    """The paper-style table (paper.md §4.5) of one evaluation report."""
+    """The paper-style table (one row per model) of one evaluation report."""
     def f(x):
         return "–" if x is None else f"{x:.3f}"
 

@@ -129,10 +129,21 @@ def build_sd1_pipeline(folder=None, *, seed: int = 0):
 
 
 def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
-                  local_files_only: bool | None = None):
+                  local_files_only: bool | None = None, progress: bool = True):
     """A StableDiffusionPipeline from a hub id or a local folder, safety checker off, progress bars
     off, on ``device`` in ``dtype``. Offline (``HF_HUB_OFFLINE=1``, the default on machines without a
-    hub) only local folders and the hub cache are used."""
+    hub) only local folders and the hub cache are used. ``progress=False``: no loading bars either."""
+    if not progress:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+        try:
+            return load_pipeline(model, dtype=dtype, device=device, local_files_only=local_files_only)
+        finally:
+            diffusers_logging.enable_progress_bar()
+            transformers_logging.enable_progress_bar()
     from diffusers import StableDiffusionPipeline
 
     if not model or not str(model).strip():
@@ -150,8 +161,13 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, device: str
         pipe = StableDiffusionPipeline.from_pretrained(
             str(path) if looks_local else model, dtype=dtype, safety_checker=None,
             requires_safety_checker=False, local_files_only=local_files_only)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # diffusers, transformers and safetensors each raise their own kinds
         if looks_local:
+            raise ModelNotAvailableError(
+                f"cannot load the pipeline folder {path}: a component is missing or damaged "
+                f"({type(err).__name__}: {str(err)[:300]}). Write it again (save_pretrained, `python -m fdu "
+                "mini-sd DIR`, `python -m fdu tiny-pipeline DIR`) or copy it again") from err
+        if not isinstance(err, (OSError, ValueError)):
             raise
         raise ModelNotAvailableError(
             f"cannot load {model!r}: it is not a local folder and not in the local hub cache"

@@ -1,5 +1,6 @@
-"""Prompts for Stable Diffusion unlearning, built as in the official code (paper.md §4.2), from prompt
-files we ship (``fdu/sd/data``) or that you give; no pair of concepts is hard-coded.
+"""Prompts for Stable Diffusion unlearning, built as in the official code (``utils.py`` of
+[f-DMU code], ``paper/REFERENCES.md``), from prompt files we ship (``fdu/sd/data``) or that you give;
+no pair of concepts is hard-coded.
 
 Each anchor *caption* (e.g. "a painting of a harbour at sunset") yields one aligned pair:
 
@@ -40,7 +41,14 @@ def read_prompt_file(path) -> list:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no prompt file at {path}")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"the prompt file {path} is not UTF-8 text ({err.reason} at byte {err.start}): "
+                         "it needs one prompt per line") from None
+    if "\x00" in text:
+        raise ValueError(f"the prompt file {path} holds NUL bytes: a binary file, not one prompt per line")
+    lines = [line.strip() for line in text.splitlines()]
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise ValueError(f"the prompt file {path} is empty: it needs one prompt per line")
@@ -112,8 +120,9 @@ def build_prompts(concept_type: str, target: str, anchor: str, *, superclass: st
 
 def eval_concepts(folder=None) -> dict:
     """The evaluation concepts of a prompt folder (default: the ones we ship): concept -> its type,
-    superclass, near anchor and retained (hard-negative) concepts (paper.md §4.4). ``folder``: a folder
-    with a ``concepts.json`` and ``<concept>.txt`` files, e.g. ``DIR/eval`` of ``python -m fdu mini-sd DIR``."""
+    superclass, near anchor and retained (hard-negative) concepts (the paper's evaluation protocol).
+    ``folder``: a folder with a ``concepts.json`` and ``<concept>.txt`` files, e.g. ``DIR/eval`` of
+    ``python -m fdu mini-sd DIR``."""
     folder = Path(folder) if folder else DATA / "eval"
     path = folder / "concepts.json"
     if not path.is_file():

@@ -185,6 +185,9 @@ class RunConfig(UnlearnConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.mask_border < 0:
             raise ValueError(f"mask_border must be >= 0, got {self.mask_border}")
+        if self.variational and self.critic_warmup >= self.steps:
+            raise ValueError(f"--critic-warmup ({self.critic_warmup}) must be below --steps ({self.steps}): "
+                             "during the warm-up only the critic trains, so the model would come back untouched")
         if self.preservation_weight > 0 and not self.preserve:
             raise ValueError("--preservation-weight needs the prompts to preserve: --preserve PROMPT ...")
 
@@ -204,15 +207,58 @@ def check_known_concepts(cfg: RunConfig):
                              f"objects {', '.join(known.get('objects', []))}")
 
 
+def check_prompts(cfg: RunConfig, targets, anchors, tokenizer, log=print):
+    """Warnings for what trains but is probably not meant: the target equal to the anchor, prompts
+    longer than the text encoder reads (cut, so their end is not trained)."""
+    if cfg.target.strip().lower() == cfg.anchor.strip().lower():
+        log(f"warning: --target and --anchor are both {cfg.target!r}: the model is pulled towards itself, "
+            "and little will change")
+    limit = tokenizer.model_max_length
+    long = [p for p in dict.fromkeys([*targets, *anchors]) if len(tokenizer(p).input_ids) > limit]
+    if long:
+        log(f"warning: {len(long)} prompt(s) are longer than the text encoder's {limit} tokens and are cut "
+            f"(what follows is not trained), e.g. {long[0][:120]!r}")
+    return long
+
+
+def resume_point(cfg: RunConfig, log=print) -> tuple:
+    """(checkpoint, its metadata, the changed options) to resume from, checked before anything is
+    loaded: the newest checkpoint that reads back (newer damaged ones are skipped with a warning),
+    its run's options compared with ``cfg``'s (:func:`fdu.checkpoints.resume_changes`)."""
+    from ..checkpoints import checkpoints_in, latest_good_checkpoint, load_checkpoint, resume_changes
+
+    ckpt_dir = Path(cfg.checkpoint_dir)
+    found = checkpoints_in(ckpt_dir) if ckpt_dir.is_dir() else []
+    if not cfg.resume:
+        if found:
+            raise FileExistsError(f"{ckpt_dir} already holds checkpoints: pass --resume to continue that run, "
+                                  "or choose another --output")
+        return None, None, {}
+    if not found:
+        log(f"--resume: no checkpoint in {ckpt_dir}, starting from step 0")
+        return None, None, {}
+    path, meta = latest_good_checkpoint(ckpt_dir, warn=log)
+    if path is None:
+        load_checkpoint(found[0])  # raises, naming the newest file
+    changes = resume_changes(meta.get("config"), cfg, int(meta["step"]))
+    for name, (old, new) in changes.items():
+        log(f"--resume: {name} changes from {old!r} to {new!r} (from step {meta['step']} on)")
+    return path, meta, changes
+
+
 def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
     """Unlearn ``cfg.target`` from the pipeline ``cfg.model``; returns the summary also written to
     ``<output>/summary.json``. Writes ``<output>/checkpoints/step_N.safetensors``,
-    ``<output>/unlearned.safetensors`` (the trained parameters by name) and ``<output>/pipeline``."""
+    ``<output>/unlearned.safetensors`` (the trained parameters by name) and ``<output>/pipeline``.
+    Everything that can be checked is checked before the model is loaded: the options, the
+    output folders, the prompts, the checkpoint to resume from and its options."""
     from accelerate import Accelerator
     from safetensors.torch import save_file
 
-    from ..checkpoints import latest_checkpoint
+    from ..checkpoints import all_finite
     from ..critics import PatchCritic
+    from ..errors import NonFiniteError
+    from ..paths import writable_folder
     from ..unlearn import unlearn
     from .anchors import generate_anchor_latents
     from .pipeline import load_pipeline, prediction_type
@@ -220,6 +266,11 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
 
     cfg.check()
     check_known_concepts(cfg)
+    out = writable_folder(cfg.output, "--output")
+    writable_folder(cfg.checkpoint_dir, "the checkpoint folder")
+    cache = writable_folder(cfg.cache_dir if cfg.cache_dir else out / "anchors", "--cache-dir")
+    targets, anchors = build_prompts(cfg.concept_type, cfg.target, cfg.anchor, superclass=cfg.superclass,
+                                     captions=cfg.captions, seed=cfg.seed, model_dir=cfg.model)
     acc = accelerator
     if acc is None:
         from accelerate.state import AcceleratorState, PartialState
@@ -228,22 +279,18 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
         if PartialState(cpu=cpu).num_processes == 1:  # one process (a notebook, a test): allow a new precision
             AcceleratorState._reset_state(reset_partial_state=True)
         acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu)
-    out = Path(cfg.output)
-    ckpt_dir = Path(cfg.checkpoint_dir)
-    resume_from = latest_checkpoint(ckpt_dir) if cfg.resume else None
-    if cfg.resume and resume_from is None:
-        log(f"--resume: no checkpoint in {ckpt_dir}, starting from step 0")
-    if not cfg.resume and latest_checkpoint(ckpt_dir) is not None:
-        raise FileExistsError(f"{ckpt_dir} already holds checkpoints: pass --resume to continue that run, "
-                              "or choose another --output")
+    if not acc.is_main_process:
+        log = lambda *args, **kwargs: None  # noqa: E731 - one process speaks
+    resume_from, resume_meta, _ = resume_point(cfg, log)
     t0 = time.time()
-    pipe = load_pipeline(cfg.model, device=str(acc.device))
-    targets, anchors = build_prompts(cfg.concept_type, cfg.target, cfg.anchor, superclass=cfg.superclass,
-                                     captions=cfg.captions, seed=cfg.seed, model_dir=cfg.model)
-    # no more anchor images than the run can use (every process draws its own batches)
+    pipe = load_pipeline(cfg.model, device=str(acc.device), progress=cfg.progress and acc.is_main_process)
+    check_prompts(cfg, targets, anchors, pipe.tokenizer, log)
+    # no more anchor images than the run can use (every process draws its own batches); a resumed
+    # run keeps the anchor images it started with
     needed = cfg.steps * cfg.batch_size * cfg.gradient_accumulation_steps * acc.num_processes
     n_images = min(needed, cfg.max_anchor_images)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "anchors"
+    if resume_meta is not None:
+        n_images = int(resume_meta.get("info", {}).get("anchor_images", n_images))
     size = cfg.resolution
     negative = cfg.target if cfg.concept_type == "nudity" else None
     with acc.main_process_first():   # the main process generates, the others read the cache
@@ -251,7 +298,7 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
                                           steps=cfg.anchor_steps, guidance=cfg.anchor_guidance,
                                           seed=cfg.seed, negative_prompt=negative,
                                           batch_size=cfg.anchor_batch_size,
-                                          progress=cfg.progress and acc.is_main_process)
+                                          progress=cfg.progress and acc.is_main_process, warn=log)
     task = unlearning_task(pipe, targets, anchors, latents, group=cfg.group, hflip=cfg.hflip,
                            mask_border=cfg.mask_border)
     task.preserve = cfg.preserve
@@ -260,18 +307,21 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
         torch.manual_seed(cfg.seed)
         critic = PatchCritic(pipe.unet.config.in_channels).to(acc.device)
     t1 = time.time()
-    result = unlearn(task, cfg.loop_config(), critic=critic, accelerator=acc, resume_from=resume_from)
+    result = unlearn(task, cfg, critic=critic, accelerator=acc, resume_from=resume_from,
+                     checkpoint_info={"anchor_images": n_images})
     t2 = time.time()
+    if not all_finite(task.params.values()):   # the loop checks every update; this guards the files
+        raise NonFiniteError("the trained parameters hold inf or NaN; nothing was written")
     summary = {"config": asdict(cfg), "processes": acc.num_processes, "prediction_type": prediction_type(pipe),
                "trained_parameters": sum(p.numel() for p in task.params.values()), "anchor_images": n_images,
                "first_prompts": {"target": targets[:3], "anchor": anchors[:3]},
-               "resumed_from": str(resume_from) if resume_from else None,
+               "resumed_from": str(resume_from) if resume_from else None, "resume": result.resume,
+               "skipped_steps": result.skipped_steps,
                "final_loss": result.history["loss"][-1] if result.history["loss"] else None,
                "seconds": {"setup": round(t1 - t0, 2), "train": round(t2 - t1, 2)}}
     if torch.cuda.is_available():
         summary["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
     if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
         save_file({n: p.detach().float().cpu().contiguous() for n, p in task.params.items()},
                   str(out / "unlearned.safetensors"), metadata={"fdu": json.dumps(asdict(cfg))})
         pipe.save_pretrained(str(out / "pipeline"))

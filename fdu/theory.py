@@ -97,8 +97,10 @@ def matched_learning_rate(divergence, lr: float, alpha=None) -> float:
 
 
 def descend(divergence, anchors, start, *, lr: float, steps: int, sigma: float = 1.0, alpha=None,
-            tol: float = 1e-3, reference=None) -> dict:
-    """Gradient descent of one shared theta in R^d on mean_i D_f(||theta - y_i||^2 / sigma^2).
+            tol: float = 1e-3, reference=None, optimizer: str = "sgd") -> dict:
+    """Gradient descent of one shared theta in R^d on mean_i D_f(||theta - y_i||^2 / sigma^2), with
+    plain steps (``optimizer="sgd"``) or Adam (``"adam"``, torch's defaults but ``lr``: the official
+    scripts' optimiser, which divides each coordinate's step by its running gradient RMS).
 
     ``anchors``: (n, d) targets y_i (n = 1: a mean pulled towards one anchor; n > 1 with a few far
     samples: the outlier toy). Distances are measured to ``reference`` (default: the anchors'
@@ -106,12 +108,14 @@ def descend(divergence, anchors, start, *, lr: float, steps: int, sigma: float =
     first iteration with distance < tol (None if never, or if the run diverged) and ``diverged``
     (True if the loss overflowed or went non-finite, which stops the run).
     """
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     y = torch.as_tensor(np.asarray(anchors, dtype=float), dtype=torch.float64)
     ref = y.mean(0) if reference is None else torch.as_tensor(reference, dtype=torch.float64)
-    theta = torch.as_tensor(np.asarray(start, dtype=float), dtype=torch.float64).clone()
-    path, gnorm, diverged = [theta.numpy().copy()], [], False
+    theta = torch.as_tensor(np.asarray(start, dtype=float), dtype=torch.float64).clone().requires_grad_(True)
+    opt = (torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam)([theta], lr=lr)
+    path, gnorm, diverged = [theta.detach().numpy().copy()], [], False
     for _ in range(steps):
-        theta.requires_grad_(True)
         try:
             loss = closed_form_loss(theta.expand_as(y), y, divergence, alpha=alpha, sigma=sigma,
                                     normalization="sum")
@@ -122,9 +126,10 @@ def descend(divergence, anchors, start, *, lr: float, steps: int, sigma: float =
         if not bool(torch.isfinite(grad).all()):
             diverged = True
             break
-        theta = (theta - lr * grad).detach()
+        theta.grad = grad
+        opt.step()
         gnorm.append(float(grad.norm()))
-        path.append(theta.numpy().copy())
+        path.append(theta.detach().numpy().copy())
     path = np.array(path)
     dist = np.linalg.norm(path - ref.numpy(), axis=1)
     below = np.nonzero(dist < tol)[0]
@@ -133,17 +138,18 @@ def descend(divergence, anchors, start, *, lr: float, steps: int, sigma: float =
 
 
 def descent_table(names, starts, *, lr: float, steps: int, sigma: float = 1.0, tol: float = 1e-3,
-                  matched: bool = False) -> dict:
+                  matched: bool = False, optimizer: str = "sgd") -> dict:
     """Iterations for a mean in R^2 started at distance delta0 * sigma from its anchor to reach
     ``tol``, for each divergence and start: an int, ``"not reached"`` or ``"diverged"``. With
-    ``matched`` each f uses :func:`matched_learning_rate` (lr / f''(1)) instead of ``lr``."""
+    ``matched`` each f uses :func:`matched_learning_rate` (lr / f''(1)) instead of ``lr``;
+    ``optimizer``: see :func:`descend`."""
     table = {}
     for name in names:
         step = matched_learning_rate(name, lr) if matched else lr
         row = {}
         for d0 in starts:
             run = descend(name, [[0.0, 0.0]], [d0 * sigma, 0.0], lr=step, steps=steps, sigma=sigma,
-                          tol=tol)
+                          tol=tol, optimizer=optimizer)
             row[str(d0)] = ("diverged" if run["diverged"] else
                             "not reached" if run["steps_to_tol"] is None else run["steps_to_tol"])
         table[name] = row

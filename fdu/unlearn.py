@@ -40,9 +40,12 @@ from .errors import NonFiniteError, NonFiniteLossError, ResumeMismatchError
 from .gaussian import DivergenceOverflowError
 from .losses import NORMALIZATIONS, VariationalLosses, closed_form_loss, variational_losses
 from .options import option
+from .reverse_step import VARIANCES, epsilon_scale, output_delta2_factor
 
 CRITIC_INPUTS = ("reverse_step", "outputs")
 UNITS = ("output", "epsilon")
+#: the loop's choices: the loss's two, and the true δ² of the reverse steps from the scheduler
+LOOP_NORMALIZATIONS = NORMALIZATIONS + ("reverse_step",)
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 Forward = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
@@ -151,9 +154,14 @@ class UnlearnConfig:
                           group="the loss")
     omega: float = option(1.0, "ω_t, a constant factor of the closed-form loss and the denoiser's "
                           "variational loss", group="the loss")
-    normalization: str = option("mean", "mean: channels summed, positions averaged (the official "
-                                "convention); sum: the exact squared distance", group="the loss",
-                                choices=NORMALIZATIONS)
+    normalization: str = option("mean", "mean: channels summed, positions averaged, σ a free temperature (the "
+                                "official convention); sum: the whole squared distance over σ²; reverse_step: "
+                                "the true δ² = c_t‖Δε‖² between the two DDPM reverse steps, from the scheduler "
+                                "(any prediction type; σ then multiplies the step's own standard deviation: "
+                                "1 is the exact divergence)", group="the loss", choices=LOOP_NORMALIZATIONS)
+    variance: str = option("posterior", "the reverse step's variance for --normalization reverse_step: "
+                           "posterior (β̃_t, diffusers' DDPM default) or beta (β_t)", group="the loss",
+                           choices=VARIANCES)
     units: str = option("output", "output: compare the models' outputs as they are (the official code); "
                         "epsilon: convert them to noise-prediction units first (v-prediction: Δε = √ᾱ_t Δv), so "
                         "that δ² weighs the timesteps as an ε-model's would", group="the loss", choices=UNITS)
@@ -205,7 +213,8 @@ class UnlearnConfig:
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         for name, valid in (("optimizer", tuple(OPTIMIZERS)), ("critic_input", CRITIC_INPUTS),
-                            ("normalization", NORMALIZATIONS), ("units", UNITS)):
+                            ("normalization", LOOP_NORMALIZATIONS), ("units", UNITS),
+                            ("variance", VARIANCES)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
         if self.checkpoint_every and not self.checkpoint_dir:
@@ -282,32 +291,28 @@ def draw_batch(task: Task, config: UnlearnConfig, gen: torch.Generator) -> Batch
     return Batch(task.scheduler.add_noise(drawn.x0, noise, t), t, drawn.target, drawn.anchor)
 
 
-def epsilon_scale(scheduler, t: torch.Tensor) -> torch.Tensor:
-    """Per-sample factor s_t with Δε = s_t · Δoutput at a fixed x_t, from the scheduler's prediction
-    type: 1 for ε; √ᾱ_t for v (ε = √ᾱ_t v + √(1−ᾱ_t) x_t); √(ᾱ_t / (1−ᾱ_t)) for x0 ("sample"),
-    up to a sign that a squared distance does not see."""
-    kind = scheduler.config.get("prediction_type", "epsilon")
-    abar = scheduler.alphas_cumprod.to(torch.float64)[t.cpu().long()]
-    if kind == "epsilon":
-        return torch.ones_like(abar, dtype=torch.float32)
-    if kind == "v_prediction":
-        return abar.sqrt().float()
-    if kind == "sample":
-        return (abar / (1 - abar)).sqrt().float()
-    raise ValueError(f"units='epsilon' does not know the prediction type {kind!r} (epsilon, v_prediction, sample)")
-
-
 def _outputs(task: Task, config: UnlearnConfig, batch: Batch, acc) -> tuple[torch.Tensor, torch.Tensor]:
-    """(anchor_out, trained_out): the frozen model under the anchor, the trained one under the target
-    (with ``config.units == "epsilon"``, both times :func:`epsilon_scale`)."""
+    """(anchor_out, trained_out): the frozen model under the anchor, the trained one under the target;
+    with ``config.units == "epsilon"`` both times :func:`~fdu.reverse_step.epsilon_scale`, with
+    ``config.normalization == "reverse_step"`` both times √(c_t s_t²) (:mod:`fdu.reverse_step`), so that
+    their summed squared difference is the true δ² between the two reverse steps."""
     with acc.autocast():
         anchor_out = frozen_output(task, batch.x_t, batch.t, batch.anchor).float()
         trained_out = task.forward(task.model, batch.x_t, batch.t, batch.target).float()
-    if config.units == "epsilon":
-        scale = epsilon_scale(task.scheduler, batch.t).to(anchor_out.device)
-        scale = scale.reshape(-1, *([1] * (anchor_out.dim() - 1)))
-        anchor_out, trained_out = anchor_out * scale, trained_out * scale
-    return anchor_out, trained_out
+    if config.normalization == "reverse_step":
+        scale = output_delta2_factor(task.scheduler, batch.t, config.variance).sqrt().float()
+    elif config.units == "epsilon":
+        scale = epsilon_scale(task.scheduler, batch.t)
+    else:
+        return anchor_out, trained_out
+    scale = scale.to(anchor_out.device).reshape(-1, *([1] * (anchor_out.dim() - 1)))
+    return anchor_out * scale, trained_out * scale
+
+
+def _loss_normalization(config: UnlearnConfig) -> str:
+    """What :func:`closed_form_loss` is told: the reverse-step δ² is a plain sum once :func:`_outputs`
+    has scaled the outputs by √(c_t s_t²)."""
+    return "sum" if config.normalization == "reverse_step" else config.normalization
 
 
 def closed_form_step(task: Task, config: UnlearnConfig, div, batch: Batch, acc) -> tuple[torch.Tensor, str]:
@@ -316,7 +321,7 @@ def closed_form_step(task: Task, config: UnlearnConfig, div, batch: Batch, acc) 
     anchor_out, trained_out = _outputs(task, config, batch, acc)
     try:
         return closed_form_loss(trained_out, anchor_out, div, sigma=config.sigma, omega=config.omega,
-                                normalization=config.normalization, mask=task.loss_mask), ""
+                                normalization=_loss_normalization(config), mask=task.loss_mask), ""
     except (DivergenceOverflowError, FloatingPointError) as err:
         return torch.tensor(math.inf), str(err)
 

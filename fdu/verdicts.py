@@ -19,10 +19,11 @@ NB06 = "06_stable_diffusion_unlearning"
 #: notebook -> (top-level result keys, verdict keys) that the report reads; a key ending in "?"
 #: is read only when present (it depends on which losses a run includes)
 SCHEMA = {
-    NB02: (("steps_to_tol", "outliers", "weight_autograd_vs_sympy_max_rel_err",
+    NB02: (("steps_to_tol", "outliers", "outliers_adam", "weight_autograd_vs_sympy_max_rel_err",
             "weight_through_loss_vs_autograd_max_rel_err", "alpha_weight_is_derived_exponential"),
            ("ordering_raw", "ordering_normalised", "hellinger_not_faster_than_mse_matched_lr",
-            "hellinger_more_robust_to_outliers")),
+            "hellinger_more_robust_to_outliers", "hellinger_faster_than_mse_adam_from",
+            "hellinger_more_robust_to_outliers_adam")),
     NB03: (("per_divergence", "kappa", "max_relative_gap_predicted_measured"),
            ("hellinger_fastest_linear_critic", "js_faster_than_kl_registry_activation",
             "js_faster_than_kl_unit_activation_slope", "hellinger_fastest_quadratic_critic",
@@ -75,15 +76,27 @@ def batch_size_verdict(estimates: dict, batch_sizes: Sequence[int]) -> dict:
 
 def gradient_magnitudes(results: dict, starts: Sequence[float]) -> dict:
     """Notebook 02: the ordering of the weights, and what it does to convergence and outliers."""
-    table = results["steps_to_tol"]["matched lr"]
-    h_not_faster = all(not isinstance(table["squared_hellinger"][d], int) or
-                       not isinstance(table["kl"][d], int) or
-                       table["squared_hellinger"][d] >= table["kl"][d] for d in map(str, starts))
-    out = results["outliers"]
-    h_robust = out["squared_hellinger"]["final_distance_to_inlier_mean"] < out["kl"]["final_distance_to_inlier_mean"]
+    def iterations(table, name, d):
+        value = table[name][d]
+        return value if isinstance(value, int) else float("inf")  # never reached, or diverged
+
+    matched, adam = results["steps_to_tol"]["matched lr"], results["steps_to_tol"]["adam"]
+    h_not_faster = all(not isinstance(matched["squared_hellinger"][d], int) or
+                       not isinstance(matched["kl"][d], int) or
+                       matched["squared_hellinger"][d] >= matched["kl"][d] for d in map(str, starts))
+    # under Adam: the starts from which Hellinger reaches the tolerance strictly before MSE
+    h_faster_adam = [float(d) for d in starts
+                     if iterations(adam, "squared_hellinger", str(d)) < iterations(adam, "kl", str(d))]
+
+    def robust(out):
+        end = {name: out[name]["final_distance_to_inlier_mean"] for name in ("squared_hellinger", "kl")}
+        return bool(end["squared_hellinger"] < end["kl"])
+
     return {"ordering_raw": results["ordering_raw_holds"], "ordering_normalised": results["ordering_normalised_holds"],
             "hellinger_not_faster_than_mse_matched_lr": h_not_faster,
-            "hellinger_more_robust_to_outliers": bool(h_robust)}
+            "hellinger_more_robust_to_outliers": robust(results["outliers"]),
+            "hellinger_faster_than_mse_adam_from": h_faster_adam,
+            "hellinger_more_robust_to_outliers_adam": robust(results["outliers_adam"])}
 
 
 def local_convergence(results: dict) -> dict:

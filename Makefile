@@ -7,12 +7,14 @@ STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 EXECUTED  := notebooks/executed
 
-.PHONY: install test figures paper bench clean help mini-sd
+.PHONY: install test figures paper bench clean help mini-sd lab executed
 
 help:
 	@echo "make figures   run every notebook with papermill: figures/ and paper/results/, then paper/"
 	@echo "make test      ruff, then the unit tests + every notebook in quick mode"
 	@echo "make paper     rebuild paper/REPRODUCTION.md from paper/results/*.json"
+	@echo "make lab       open the notebooks in JupyterLab with the project's kernel (writes only to scratch/)"
+	@echo "make executed  copy edited prose into notebooks/executed/ and check that none is stale"
 	@echo "make bench     benchmarks (speed of the losses, wall time of make test / figures)"
 	@echo "make mini-sd   retrain the shipped mini Stable Diffusion from scratch (~40 min on 2 CPU cores)"
 
@@ -32,11 +34,25 @@ figures: install
 	@mkdir -p $(EXECUTED)
 	@set -e; for nb in $(NOTEBOOKS); do \
 		echo "== papermill $$nb"; \
-		HF_HUB_OFFLINE=1 MPLBACKEND=Agg FDU_FIGURES_DIR=$(CURDIR)/figures FDU_RESULTS_DIR=$(CURDIR)/paper/results \
+		HF_HUB_OFFLINE=1 FDU_FIGURES_DIR=$(CURDIR)/figures FDU_RESULTS_DIR=$(CURDIR)/paper/results \
 			$(PY) -m papermill --log-level WARNING -k python3 \
 			--cwd notebooks $$nb $(EXECUTED)/$$(basename $$nb); \
 	done
+	$(PY) -m fdu.executed clean
 	$(MAKE) paper
+
+# the executed notebooks are committed (readable on the repository's page); after editing only prose,
+# this copies it across instead of rerunning; it fails, naming them, where code changed
+executed: install
+	$(PY) -m fdu.executed sync
+	$(PY) -m fdu.executed check
+
+# JupyterLab with ipywidgets, on the project's virtual environment; LAB_ARGS passes options (e.g. --no-browser)
+# (autosave off, notebooks/.jupyter/overrides.json: a run changes no tracked file unless you save it)
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
+lab: install
+	@mkdir -p $(LAB_SETTINGS) && cp notebooks/.jupyter/overrides.json $(LAB_SETTINGS)/overrides.json
+	cd notebooks && HF_HUB_OFFLINE=1 ../$(VENV)/bin/jupyter lab $(LAB_ARGS)
 
 paper: install
 	FDU_RESULTS_DIR=$(CURDIR)/paper/results $(PY) -m fdu.report
@@ -52,4 +68,4 @@ mini-sd: install
 	HF_HUB_OFFLINE=1 $(PY) -m fdu mini-sd runs/mini-sd --train --ship
 
 clean:
-	rm -rf $(EXECUTED) .pytest_cache
+	rm -rf .pytest_cache scratch

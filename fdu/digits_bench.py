@@ -420,3 +420,54 @@ def anchor_verdict(anchors: dict, labels: Sequence[str]) -> dict:
         less = sum(anchors[lab][a]["drift"]["value"] < anchors[lab]["empty"]["drift"]["value"] for lab in have)
         out[f"{a}_less_drift_than_empty"] = f"{less} of {len(have)}"
     return out
+
+
+def describe_tables(matched: dict, best: dict, budget: dict, specs, *, threshold: float, budget_lr: float,
+                    budget_step: int, mse: str = "KL = MSE", hellinger: str = "squared Hellinger") -> str:
+    """The notebook's "what the tables say" paragraph, written from this run's three tables (so that the
+    prose and the numbers cannot drift apart): which losses reached the threshold on every replicate, the
+    closed forms' damage at the first and at the best erased checkpoint, Hellinger against MSE paired per
+    replicate, and the variational losses against the closed forms."""
+    def rng(values, fmt="{:.2f}"):
+        values = sorted(values)
+        if not values:
+            return "–"
+        lo, hi = fmt.format(values[0]), fmt.format(values[-1])
+        return lo if lo == hi else f"{lo}–{hi}"
+
+    closed = [s.label for s in specs if not s.variational]
+    variational = [s.label for s in specs if s.variational]
+    everywhere = [n for n in closed if matched[n]["erased"].split(" of ")[0] == matched[n]["erased"].split(" of ")[1]]
+    partial = [f"{n} ({matched[n]['erased']})" for n in closed if n not in everywhere]
+    out = [f"Closed forms that reach erased accuracy ≤ {threshold:g} on every replicate: "
+           f"{', '.join(everywhere) or 'none'}" + (f"; on fewer: {', '.join(partial)}." if partial else ".")]
+    if everywhere:
+        first = [matched[n]["drift"]["value"] for n in everywhere]
+        overlap = max(matched[n]["drift"]["low"] for n in everywhere) <= \
+            min(matched[n]["drift"]["high"] for n in everywhere)
+        out.append(f"At the first erased checkpoint their mean drift lies in {rng(first)}, with intervals that "
+                   f"{'all overlap' if overlap else 'do not all overlap'}.")
+        top = [n for n in everywhere if "drift" in best.get(n, {})]
+        out.append("At the best erased checkpoint (the least drift over the run): "
+                   + ", ".join(f"{n} {best[n]['drift']['value']:.2f}" for n in top) + ".")
+    if hellinger in matched and mse in matched:
+        for name, table in (("first", matched), ("best", best)):
+            c = compare_at_matched_erasure(table, hellinger, mse)
+            if c["pairs"]:
+                out.append(f"Paired per replicate at the {name} erased checkpoint, {hellinger} has the lower drift "
+                           f"in {c['a_lower_drift']} of {c['pairs']} (mean {c['mean_drift_a']:.2f} against "
+                           f"{c['mean_drift_b']:.2f}) and the lower KID in {c['a_lower_kid']}.")
+    var = [n for n in variational if "drift" in matched.get(n, {})]
+    if var and everywhere:
+        out.append(f"The variational losses that erased ({len(var)} of {len(variational)}) do so with drift "
+                   f"{rng(matched[n]['drift']['value'] for n in var)} against the closed forms' "
+                   f"{rng(matched[n]['drift']['value'] for n in everywhere)}, and retained accuracy "
+                   f"{rng(matched[n]['retained_accuracy']['value'] for n in var)} against "
+                   f"{rng(matched[n]['retained_accuracy']['value'] for n in everywhere)}.")
+    at = [n for n in variational if "erased_accuracy" in budget.get(n, {})]
+    at_closed = [n for n in closed if "erased_accuracy" in budget.get(n, {})]
+    if at:
+        out.append(f"At the matched budget (lr {budget_lr:g}, {budget_step} steps) their erased accuracy is "
+                   f"{rng(budget[n]['erased_accuracy']['value'] for n in at)}, the closed forms' "
+                   f"{rng(budget[n]['erased_accuracy']['value'] for n in at_closed)}.")
+    return " ".join(out)

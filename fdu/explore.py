@@ -71,3 +71,71 @@ def game_explorer(mu: float = 0.5, sigma: float = 1.0):
 
     return widgets.interactive(show, eta=(0.01, 1.0, 0.01), log10_scale=(-1.0, 1.0, 0.05),
                                critic=list(theory.CRITICS))
+
+
+def divergence_explorer():
+    """D_f(δ²) between the two Gaussian steps for any divergence of the registry or any α, against KL,
+    with a marked δ² whose values are printed (notebook 01)."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    from .divergences import DIVERGENCES
+    from .gaussian import gaussian_divergence
+    from .plotting import pretty
+
+    names = sorted(n for n in DIVERGENCES if n != "alpha")
+
+    def show(divergence="squared_hellinger", alpha=0.5, delta2_max=20.0, mark=2.0):
+        d2 = np.linspace(1e-4, delta2_max, 300)
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for name, a, label in (("kl", None, "KL = δ²/2"), (divergence, None, pretty(divergence)),
+                               ("alpha", alpha, f"α family, α = {alpha:g}")):
+            try:
+                values = gaussian_divergence(name, d2, a)
+                at = float(gaussian_divergence(name, np.array([mark]), a)[0])
+            except ValueError as err:  # an α where the formula degenerates: the error names why
+                print(f"{label}: {err}")
+                continue
+            ax.plot(d2, values, label=label, color=color(name, "#444444"), ls="--" if name == "alpha" else "-")
+            print(f"{label:>24}: D_f({mark:g}) = {at:.4g}")
+        ax.axvline(mark, color="k", lw=0.8, ls=":")
+        ax.set(xlabel="δ² = ‖μ₁ − μ₂‖² / σ²", ylabel="D_f between the two steps", title=pretty(divergence))
+        ax.legend()
+        plt.show()
+
+    return widgets.interactive(show, divergence=names, alpha=(-2.0, 3.0, 0.05), delta2_max=(1.0, 100.0, 1.0),
+                               mark=(0.0, 50.0, 0.5))
+
+
+def toy_explorer(model, scheduler, world, target: str, anchor: str, *, before: dict, specs, steps: int = 200,
+                 batch_size: int = 128, seed: int = 0):
+    """Erase ``target`` from the 2-D toy with the loss, learning rate (log10) and σ chosen by sliders, and
+    draw its samples before and after (notebook 04). A run takes seconds, so it starts on the button."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    from . import toy2d
+    from .plotting import spec_color
+
+    by_label = {s.label: s for s in specs}
+
+    def show(loss=specs[0].label, log10_lr=-2.0, sigma=1.0):
+        spec = by_label[loss]
+        r = toy2d.run(model, scheduler, world, target, anchor, spec, before=before, steps=steps,
+                      lr=10 ** log10_lr, sigma=sigma, batch_size=batch_size, log_every=steps, n_eval=300,
+                      boot=2, seed=seed)
+        if r["failed"]:
+            print(f"{loss} stopped: {r['failed']}")
+            return
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+        for c in world.concepts:
+            ax.scatter(*before[c].T, s=2, c="0.8")
+        ax.scatter(*before[target].T, s=2, c="0.5", label=f"'{target}' before")
+        ax.scatter(*r["samples"].T, s=3, c=spec_color(spec), label=f"'{target}' after")
+        ev = r["evaluation"]
+        ax.set(aspect="equal", title=f"{loss}, lr {10 ** log10_lr:.2g}, σ {sigma:g}: "
+                                     f"{ev['in_target']['value']:.0%} left, drift {ev['drift']:.3g}")
+        ax.legend(fontsize=7, markerscale=3)
+        plt.show()
+
+    return widgets.interact_manual(show, loss=list(by_label), log10_lr=(-4.0, -1.0, 0.25), sigma=(0.25, 4.0, 0.25))

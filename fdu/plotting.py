@@ -20,6 +20,49 @@ COLORS = {
 }
 
 
+#: the names a reader sees, for every divergence of the registry
+PRETTY = {
+    "kl": "KL = MSE", "reverse_kl": "reverse KL", "jeffreys": "Jeffreys", "squared_hellinger": "squared Hellinger",
+    "jensen_shannon": "Jensen–Shannon", "pearson_chi2": "Pearson χ²", "neyman_chi2": "Neyman χ²",
+    "total_variation": "total variation", "alpha": "α family",
+}
+
+#: concepts and anchors get their own palette, disjoint from the divergences' (dark purple to yellow-green)
+CONCEPT_COLORS = ["#3b0f70", "#21918c", "#b5de2b", "#8c2981", "#fc8961", "#5dc863", "#31688e", "#fde725"]
+ANCHOR_COLORS = {"near": CONCEPT_COLORS[0], "superclass": CONCEPT_COLORS[1], "empty": CONCEPT_COLORS[2]}
+ANCHOR_MARKERS = {"near": "o", "superclass": "s", "empty": "^"}
+
+
+def pretty(name: str) -> str:
+    """A divergence's display name (``"squared_hellinger"`` → ``"squared Hellinger"``); other names unchanged."""
+    return PRETTY.get(name, name)
+
+
+def concept_color(i: int) -> str:
+    """The i-th colour of the concepts' palette (cycling)."""
+    return CONCEPT_COLORS[i % len(CONCEPT_COLORS)]
+
+
+def pareto_envelope(points, x: str, y: str) -> tuple[list, list]:
+    """The lower-left envelope of ``points`` (dicts) as a staircase: (xs, ys) to plot. A point is on the
+    envelope when no other has both a lower or equal x and a lower y; between two envelope points the
+    attainable region's edge is horizontal then vertical, so the staircase is the true frontier, not a
+    line through the points in the order they were run."""
+    pts = sorted((float(p[x]), float(p[y])) for p in points)
+    front = []
+    for px, py in pts:
+        if not front or py < front[-1][1]:
+            front.append((px, py))
+    xs, ys = [], []
+    for k, (px, py) in enumerate(front):
+        if k:
+            xs.append(px)
+            ys.append(front[k - 1][1])
+        xs.append(px)
+        ys.append(py)
+    return xs, ys
+
+
 def use_style():
     matplotlib.rcParams.update(STYLE)
 
@@ -64,6 +107,8 @@ def image_grid(rows, *, row_labels=None, col_labels=None, title=None, size: floa
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)
+            for spine in ax.spines.values():
+                spine.set_visible(False)
             if j < len(row):
                 ax.imshow(row[j])
             else:

@@ -57,20 +57,36 @@ def epsilon_scale(scheduler, t: torch.Tensor) -> torch.Tensor:
     return (abar / (1 - abar)).sqrt().float()
 
 
+def reverse_variance(scheduler, t: torch.Tensor, variance: str = "posterior") -> torch.Tensor:
+    """σ_t², the variance of the reverse step t → t−1 (float64): β̃_t (``"posterior"``) or β_t (``"beta"``);
+    β_0 at t = 0 (see the module docstring)."""
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+    abar, prev = _schedule(scheduler, t)
+    beta = 1 - abar / prev
+    if variance == "beta":
+        return beta
+    return torch.where(prev < 1, beta * (1 - prev) / (1 - abar), beta)
+
+
+def reverse_mean(scheduler, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """μ = (x_t − β_t/√(1−ᾱ_t) · ε)/√α_t, the mean of DDPM's reverse step from x_t given a noise prediction
+    ε (Ho et al., 2020, eq. 11), per sample (``t`` one timestep per sample), in float64."""
+    abar, prev = _schedule(scheduler, t)
+    alpha = abar / prev
+    shape = (-1,) + (1,) * (x_t.dim() - 1)
+    coef = ((1 - alpha) / (1 - abar).sqrt()).reshape(shape)
+    return (x_t.double() - coef * eps.double()) / alpha.sqrt().reshape(shape)
+
+
 def delta2_factor(scheduler, t: torch.Tensor, variance: str = "posterior") -> torch.Tensor:
     """c_t = β_t² / (σ_t² α_t (1−ᾱ_t)), per timestep (float64): δ² = c_t ‖Δε‖² between the two
     reverse steps t → t−1 at a fixed x_t. ``variance``: ``"posterior"`` (σ_t² = β̃_t) or ``"beta"``
     (σ_t² = β_t); at t = 0 both use β_0 (see the module docstring)."""
-    if variance not in VARIANCES:
-        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+    var = reverse_variance(scheduler, t, variance)
     abar, prev = _schedule(scheduler, t)
     alpha = abar / prev
-    beta = 1 - alpha
-    if variance == "beta":
-        var = beta
-    else:
-        var = torch.where(prev < 1, beta * (1 - prev) / (1 - abar), beta)
-    return beta ** 2 / (var * alpha * (1 - abar))
+    return (1 - alpha) ** 2 / (var * alpha * (1 - abar))
 
 
 def output_delta2_factor(scheduler, t: torch.Tensor, variance: str = "posterior") -> torch.Tensor:

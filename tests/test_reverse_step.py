@@ -95,3 +95,22 @@ def test_loop_trains_on_the_true_delta2(kind):
     expected = float(gaussian_divergence("squared_hellinger", d2.double()).mean())
     assert losses[0] == pytest.approx(expected, rel=1e-5)
     assert losses[1] == losses[0]
+
+
+def test_reverse_mean_and_variance_are_diffusers_step():
+    """At t = 0 DDPM's step adds no noise, so it returns the mean itself; at t > 0 two steps with the
+    same noise differ by the difference of the means, and the variance is diffusers' own."""
+    from fdu.reverse_step import reverse_mean, reverse_variance
+
+    sched = DDPMScheduler(**SD)
+    g = torch.Generator().manual_seed(3)
+    x_t = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
+    eps = [torch.randn(x_t.shape, generator=g, dtype=torch.float64) for _ in range(2)]
+    assert torch.allclose(sched.step(eps[0], 0, x_t).prev_sample, reverse_mean(sched, x_t, eps[0], torch.zeros(2)),
+                          rtol=1e-5, atol=1e-6)
+    for t in (5, 600):
+        steps = [sched.step(e, t, x_t, generator=torch.Generator().manual_seed(9)).prev_sample for e in eps]
+        means = [reverse_mean(sched, x_t, e, torch.full((2,), t)) for e in eps]
+        assert torch.allclose(steps[0] - steps[1], means[0] - means[1], rtol=1e-4, atol=1e-7)
+        var = float(reverse_variance(sched, torch.tensor([t])))
+        assert var == pytest.approx(float(sched._get_variance(t)), rel=1e-5)

@@ -51,37 +51,51 @@ def clean(path: Path) -> None:
     _write(path, nb)
 
 
-def _cells(nb: dict) -> list[tuple[str, str, str]]:
-    return [(c.get("id", ""), c["cell_type"], "".join(c["source"])) for c in nb["cells"]]
+def _code(nb: dict) -> list[tuple[str, str]]:
+    return [(c.get("id", ""), "".join(c["source"])) for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def _markdown(nb: dict) -> list[tuple[str, str]]:
+    return [(c.get("id", ""), "".join(c["source"])) for c in nb["cells"] if c["cell_type"] == "markdown"]
 
 
 def stale(source: Path, executed: Path) -> dict:
-    """How ``executed`` differs from ``source``: ``{"missing": bool, "code": [cell ids], "markdown":
-    [cell ids], "cells": bool}`` (``cells``: the list of cell ids or types differs)."""
+    """How ``executed`` differs from ``source``: ``{"missing": bool, "cells": bool, "code": [cell ids],
+    "markdown": [cell ids]}``. ``cells``: the code cells were added, removed or reordered; ``code``: code
+    cells whose source changed; ``markdown``: prose cells changed, added or removed (or the order of the
+    prose among the code changed)."""
     if not Path(executed).exists():
-        return {"missing": True, "code": [], "markdown": [], "cells": True}
-    src, ex = _cells(_read(source)), _cells(_read(executed))
-    same_cells = [(i, t) for i, t, _ in src] == [(i, t) for i, t, _ in ex]
-    changed = [(i, t) for (i, t, s), (_, _, e) in zip(src, ex) if s != e] if same_cells else []
-    return {"missing": False, "cells": not same_cells,
-            "code": [i for i, t in changed if t == "code"], "markdown": [i for i, t in changed if t == "markdown"]}
+        return {"missing": True, "cells": True, "code": [], "markdown": []}
+    src, ex = _read(source), _read(executed)
+    code_src, code_ex = _code(src), _code(ex)
+    same_cells = [i for i, _ in code_src] == [i for i, _ in code_ex]
+    changed_code = [i for (i, a), (_, b) in zip(code_src, code_ex) if a != b] if same_cells else []
+    md_ex = dict(_markdown(ex))
+    changed_md = [i for i, text in _markdown(src) if md_ex.get(i) != text]
+    changed_md += [i for i in md_ex if i not in dict(_markdown(src))]
+    def layout(nb):
+        return [(c.get("id"), c["cell_type"]) for c in nb["cells"]]
+
+    if layout(src) != layout(ex) and not changed_md and same_cells:
+        changed_md = ["(order)"]
+    return {"missing": False, "cells": not same_cells, "code": changed_code, "markdown": changed_md}
 
 
 def sync_markdown(source: Path, executed: Path) -> bool:
-    """Copy the markdown cells of ``source`` into ``executed`` (same cells, only prose changed); returns
-    whether anything changed. Raises ValueError when code or the cell list changed: rerun the notebook."""
+    """Rebuild ``executed`` with the source's prose (markdown cells changed, added, removed or moved) and
+    its own executed code cells; returns whether anything changed. Raises ValueError when a code cell
+    changed, or code cells were added, removed or reordered: then the notebook needs running again."""
     diff = stale(source, executed)
     if diff["missing"] or diff["cells"] or diff["code"]:
-        why = ("missing" if diff["missing"] else "cells added, removed or moved" if diff["cells"]
+        why = ("missing" if diff["missing"] else "code cells added, removed or moved" if diff["cells"]
                else "code cells " + ", ".join(diff["code"]))
         raise ValueError(f"{executed} needs running again, not only its prose copied ({why}): "
                          f"make figures, or papermill on {Path(source).name}")
     if not diff["markdown"]:
         return False
-    nb, src = _read(executed), {c["id"]: c for c in _read(source)["cells"]}
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "markdown":
-            cell["source"] = src[cell["id"]]["source"]
+    nb, src = _read(executed), _read(source)
+    ran = {c["id"]: c for c in nb["cells"] if c["cell_type"] == "code"}
+    nb["cells"] = [c if c["cell_type"] != "code" else ran[c["id"]] for c in src["cells"]]
     _write(executed, nb)
     return True
 

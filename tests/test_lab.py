@@ -129,8 +129,12 @@ def test_clean_strips_what_varies_and_sync_copies_prose_only(tmp_path):
     assert "papermill" not in nb["metadata"] and nb["cells"][1]["metadata"] == {}
     assert [o.get("name") for o in nb["cells"][1]["outputs"]] == ["stdout", None]
     assert nb["cells"][1]["outputs"][1]["data"] == {"text/plain": [executed.WIDGET_NOTE]}
-    assert executed.stale(s, e)["markdown"] == ["a"]
+    src["cells"].append({"id": "c", "cell_type": "markdown", "metadata": {}, "source": ["a new section"]})
+    s.write_text(json.dumps(src))
+    assert executed.stale(s, e)["markdown"] == ["a", "c"]
     assert executed.sync_markdown(s, e) is True and executed.stale(s, e)["markdown"] == []
+    synced = json.loads(e.read_text())
+    assert [c["id"] for c in synced["cells"]] == ["a", "b", "c"] and synced["cells"][1]["outputs"]
     src["cells"][1]["source"] = ["print(2)"]
     s.write_text(json.dumps(src))
     with pytest.raises(ValueError, match="code cells b"):

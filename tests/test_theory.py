@@ -182,3 +182,22 @@ def test_a_critic_step_r_times_the_models_is_the_shared_step_game_with_kappa_tim
     assert run["measured_rate"] == pytest.approx(run["predicted_rate"], abs=2e-3)
     assert run["predicted_rate"] == pytest.approx(th.predicted_rate(kl.jacobian(), 0.2, 0.2), abs=1e-9)
     assert th.predicted_rate(game.jacobian(), 0.2, 0.2) > run["predicted_rate"] + 0.01  # and it is faster
+
+
+def test_adam_cancels_the_constant_factor_that_plain_descent_keeps():
+    """Adam's first step is lr per coordinate whatever the loss's scale, so f''(1) does not set its speed;
+    plain descent's first step is lr times the gradient, which carries w_f."""
+    import numpy as np
+
+    from fdu import theory
+
+    first = {}
+    for name in ("kl", "squared_hellinger", "pearson_chi2"):
+        adam = theory.descend(name, [[0.0, 0.0]], [3.0, 0.0], lr=0.01, steps=1, optimizer="adam")
+        sgd = theory.descend(name, [[0.0, 0.0]], [3.0, 0.0], lr=0.01, steps=1)
+        first[name] = (3.0 - adam["path"][1][0], 3.0 - sgd["path"][1][0])
+    assert all(np.isclose(a, 0.01, rtol=1e-6) for a, _ in first.values())
+    sgd_steps = [s for _, s in first.values()]
+    assert max(sgd_steps) / min(sgd_steps) > 100   # χ² at δ = 3 is e^9 times steeper than Hellinger
+    with pytest.raises(ValueError, match="sgd"):
+        theory.descend("kl", [[0.0, 0.0]], [3.0, 0.0], lr=0.01, steps=1, optimizer="rmsprop")

@@ -268,35 +268,3 @@ def test_the_overflow_advice_fits_the_normalization():
     with pytest.raises(ValueError) as err:
         closed_form_loss(pred, target, "pearson_chi2", normalization="sum")
     assert "normalization='mean'" in str(err.value)
-
-
-def test_epsilon_units_scale_v_outputs_by_sqrt_alphabar_and_leave_epsilon_models_alone():
-    """units="epsilon": for a v-model the outputs' difference is multiplied by √ᾱ_t (Δε = √ᾱ_t Δv), so
-    the loss is the one computed on the scaled difference; for an ε-model nothing changes."""
-    from diffusers import DDPMScheduler
-
-    from fdu.unlearn import AnchorBatch, SingleProcess, Task, UnlearnConfig, closed_form_step, draw_batch, epsilon_scale
-
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 4)
-
-    def forward(m, x, t, c):
-        return m(x) + c
-
-    def sample(n, g):
-        return AnchorBatch(torch.randn(n, 4, generator=g), 1.0, 0.0)
-
-    for kind in ("v_prediction", "epsilon"):
-        task = Task(model, forward, sample, DDPMScheduler(num_train_timesteps=50, prediction_type=kind))
-        cfg = UnlearnConfig(divergence="squared_hellinger", normalization="sum", batch_size=16, units="epsilon")
-        batch = draw_batch(task, cfg, torch.Generator().manual_seed(1))
-        loss, _ = closed_form_step(task, cfg, fdu.get_divergence("squared_hellinger"), batch, SingleProcess())
-        scale = epsilon_scale(task.scheduler, batch.t)[:, None]
-        with torch.no_grad():
-            diff = scale * (forward(model, batch.x_t, batch.t, 1.0) - forward(model, batch.x_t, batch.t, 0.0))
-        expected = closed_form_loss(diff, torch.zeros_like(diff), "squared_hellinger", normalization="sum")
-        assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
-        abar = task.scheduler.alphas_cumprod[batch.t]
-        assert torch.allclose(scale[:, 0], abar.sqrt().float() if kind == "v_prediction" else torch.ones(16))
-    with pytest.raises(ValueError, match="units"):
-        UnlearnConfig(units="noise").check()

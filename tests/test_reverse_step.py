@@ -5,6 +5,7 @@ import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 import fdu
+from fdu import closed_form_loss
 from fdu.gaussian import gaussian_divergence
 from fdu.reverse_step import delta2_factor, epsilon_scale, output_delta2_factor, temperature_profile
 from fdu.unlearn import UnlearnConfig
@@ -64,13 +65,14 @@ def test_bad_input_names_the_choices():
         UnlearnConfig(normalization="exact").check()
     with pytest.raises(ValueError, match="posterior"):
         UnlearnConfig(normalization="reverse_step", variance="small").check()
+    with pytest.raises(ValueError, match="epsilon"):
+        UnlearnConfig(units="noise").check()
 
 
-@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
-def test_loop_trains_on_the_true_delta2(kind):
-    """normalization="reverse_step": the loop's loss is the mean over the batch of D_f(c_t s_t² ‖Δoutput‖²/σ²),
-    whatever ``units`` says."""
-    from fdu.unlearn import AnchorBatch, SingleProcess, Task, UnlearnConfig, closed_form_step, draw_batch
+def _linear_task(kind: str, num_train_timesteps: int = 50):
+    """A one-layer "denoiser" whose target and anchor conditionings add 1 and 0: the loop's Task, and its
+    forward function to recompute outputs."""
+    from fdu.unlearn import AnchorBatch, Task
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 4)
@@ -81,17 +83,46 @@ def test_loop_trains_on_the_true_delta2(kind):
     def sample(n, g):
         return AnchorBatch(torch.randn(n, 4, generator=g), 1.0, 0.0)
 
-    task = Task(model, forward, sample, DDPMScheduler(**{**SD, "num_train_timesteps": 50}, prediction_type=kind))
+    sched = DDPMScheduler(**{**SD, "num_train_timesteps": num_train_timesteps}, prediction_type=kind)
+    return Task(model, forward, sample, sched), forward
+
+
+def _loop_loss(task, cfg):
+    from fdu.unlearn import SingleProcess, closed_form_step, draw_batch
+
+    batch = draw_batch(task, cfg, torch.Generator().manual_seed(1))
+    loss, _ = closed_form_step(task, cfg, fdu.get_divergence(cfg.divergence), batch, SingleProcess())
+    with torch.no_grad():
+        diff = task.forward(task.model, batch.x_t, batch.t, 1.0) - task.forward(task.model, batch.x_t, batch.t, 0.0)
+    return float(loss.detach()), batch, diff
+
+
+@pytest.mark.parametrize("kind", ["v_prediction", "epsilon"])
+def test_epsilon_units_scale_v_outputs_by_sqrt_alphabar_and_leave_epsilon_models_alone(kind):
+    """units="epsilon": for a v-model the outputs' difference is multiplied by √ᾱ_t (Δε = √ᾱ_t Δv), so
+    the loss is the one computed on the scaled difference; for an ε-model nothing changes."""
+    task, _ = _linear_task(kind)
+    cfg = UnlearnConfig(divergence="squared_hellinger", normalization="sum", batch_size=16, units="epsilon")
+    loss, batch, diff = _loop_loss(task, cfg)
+    scale = epsilon_scale(task.scheduler, batch.t)[:, None]
+    expected = closed_form_loss(scale * diff, torch.zeros_like(diff), "squared_hellinger", normalization="sum")
+    assert loss == pytest.approx(float(expected), rel=1e-6)
+    abar = task.scheduler.alphas_cumprod[batch.t]
+    assert torch.allclose(scale[:, 0], abar.sqrt().float() if kind == "v_prediction" else torch.ones(16))
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_loop_trains_on_the_true_delta2(kind):
+    """normalization="reverse_step": the loop's loss is the mean over the batch of D_f(c_t s_t² ‖Δoutput‖²/σ²),
+    whatever ``units`` says."""
+    task, _ = _linear_task(kind)
     losses = []
     for units in ("output", "epsilon"):
         cfg = UnlearnConfig(divergence="squared_hellinger", normalization="reverse_step", batch_size=16,
                             units=units, sigma=0.5)
-        batch = draw_batch(task, cfg, torch.Generator().manual_seed(1))
-        loss, _ = closed_form_step(task, cfg, fdu.get_divergence("squared_hellinger"), batch, SingleProcess())
-        losses.append(float(loss.detach()))
-    with torch.no_grad():
-        diff2 = ((forward(model, batch.x_t, batch.t, 1.0) - forward(model, batch.x_t, batch.t, 0.0)) ** 2).sum(1)
-    d2 = output_delta2_factor(task.scheduler, batch.t).float() * diff2 / 0.5 ** 2
+        loss, batch, diff = _loop_loss(task, cfg)
+        losses.append(loss)
+    d2 = output_delta2_factor(task.scheduler, batch.t).float() * (diff ** 2).sum(1) / 0.5 ** 2
     expected = float(gaussian_divergence("squared_hellinger", d2.double()).mean())
     assert losses[0] == pytest.approx(expected, rel=1e-5)
     assert losses[1] == losses[0]

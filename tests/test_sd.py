@@ -155,6 +155,13 @@ def test_v_prediction_pipelines_train_too(tmp_path):
     out = tmp_path / "run"
     assert main(unlearn_args(folder, out, "--steps", "2")) == 0
     assert json.loads((out / "summary.json").read_text())["prediction_type"] == "v_prediction"
+    # the true reverse-step δ² through the command line: the pipeline's own scheduler gives c_t s_t²
+    out = tmp_path / "reverse-step"
+    assert main(unlearn_args(folder, out, "--steps", "2", "--normalization", "reverse_step", "--variance", "beta",
+                             "--cache-dir", str(tmp_path / "anchors"))) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["normalization"] == "reverse_step" and summary["config"]["variance"] == "beta"
+    assert all(torch.isfinite(v).all() for v in load_file(str(out / "unlearned.safetensors")).values())
 
 
 def test_a_two_process_run_trains_checkpoints_and_resumes_exactly(tiny, tmp_path):

@@ -114,11 +114,17 @@ def _unlearn(args):
 
     if PartialState().is_main_process:
         out = Path(args.output)
-        print(f"\nerased {cfg.target!r} → anchor {cfg.anchor!r} with {cfg.divergence}"
-              f"{' (variational)' if cfg.variational else ''}: {cfg.steps} steps on {summary['processes']} "
-              f"process(es), {summary['trained_parameters']:,} trained parameters ({cfg.group}), "
-              f"{summary['anchor_images']} anchor images; final loss {summary['final_loss']:.4g}; "
-              f"{summary['seconds']['train']:.1f} s training")
+        if cfg.method == "uce":
+            print(f"\nerased {cfg.target!r} → anchor {cfg.anchor!r} with UCE's closed-form edit (λ {cfg.uce_lambda:g}, "
+                  f"{len(cfg.preserve)} preserved prompt(s)): {summary['trained_parameters']:,} cross-attention "
+                  f"K/V parameters in {summary['seconds']['train']:.1f} s")
+        else:
+            method = {"ca": "", "esd": f", ESD (η {cfg.guidance:g})"}[cfg.method]
+            print(f"\nerased {cfg.target!r} → anchor {cfg.anchor!r} with {cfg.divergence}{method}"
+                  f"{' (variational)' if cfg.variational else ''}: {cfg.steps} steps on {summary['processes']} "
+                  f"process(es), {summary['trained_parameters']:,} trained parameters ({cfg.group}), "
+                  f"{summary['anchor_images']} anchor images; final loss {summary['final_loss']:.4g}; "
+                  f"{summary['seconds']['train']:.1f} s training")
         print(f"  weights:  {out / 'unlearned.safetensors'}")
         print(f"  pipeline: {out / 'pipeline'}  (StableDiffusionPipeline.from_pretrained loads it)")
         print(f"  resume:   add --resume; evaluate: python -m fdu evaluate --model {args.model} "

@@ -27,3 +27,9 @@ def is_cross_attention_kv(name: str) -> bool:
 def is_attention(name: str) -> bool:
     """Whether a parameter belongs to a self- (attn1) or cross-attention (attn2) block."""
     return ".attn1." in name or ".attn2." in name
+
+
+def is_cross_attention(name: str) -> bool:
+    """Whether a parameter belongs to a cross-attention block (attn2: its query, key, value and output
+    projections): ESD-x's parameters (Gandikota et al., 2023)."""
+    return ".attn2." in name

@@ -13,6 +13,15 @@ For a target concept c* and an anchor concept c, each step
    checks the parameters after it): a run stops with :class:`NonFiniteError` rather than carry on
    with, or write, an inf or a NaN.
 
+The **method** (``config.method``) chooses the reference that ``anchor_out`` stands for. ``"ca"``
+(Concept Ablation, Kumari et al., 2023; the paper's f-DMU): the frozen output under the anchor, on the
+anchor's images. ``"esd"`` (Erased Stable Diffusion, Gandikota et al., 2023): the frozen model's
+negatively guided output for the target, ε(x_t, c*) − η (ε(x_t, c*) − ε(x_t, c)), with c the empty prompt
+in ESD (any anchor here) and x0 the frozen model's own images of the target (the adapter supplies them);
+ESD's code reaches x_t by partial sampling with the model being trained, we noise the frozen model's
+images instead. That reference is again the mean of a Gaussian reverse step, so every f applies to it
+(``divergence``): ESD with KL is ESD's MSE, with another f a combination not published before.
+
 A scale plugs in through :class:`Task`: the model, how to call it, where anchor x0 come from.
 The frozen reference is either a module (a full copy) or, by default, :class:`SwappedReference`,
 which keeps only the original values of the trained parameters and swaps them in for the
@@ -43,6 +52,8 @@ from .options import option
 from .reverse_step import VARIANCES, epsilon_scale, output_delta2_factor
 
 CRITIC_INPUTS = ("reverse_step", "outputs")
+#: the methods (module docstring); "uce", a closed-form edit without a loop, is fdu.uce (the loop refuses it)
+METHODS = ("ca", "esd", "uce")
 UNITS = ("output", "epsilon")
 #: the loop's choices: the loss's two, and the true δ² of the reverse steps from the scheduler
 LOOP_NORMALIZATIONS = NORMALIZATIONS + ("reverse_step",)
@@ -144,6 +155,13 @@ class UnlearnConfig:
     """The loop's options. Each field's help is its ``--help`` text in ``python -m fdu unlearn``
     (see :mod:`fdu.options`); ``fdu.sd.train.RunConfig`` extends this class."""
 
+    method: str = option("ca", "ca: Concept Ablation = the paper's f-DMU (the trained output under the target "
+                         "pulled to the frozen output under the anchor, on the anchor's images); esd: ESD (pulled "
+                         "to the frozen model's negatively guided output for the target, on the target's images; "
+                         "with --anchor '' as in ESD); uce: UCE's closed-form edit of the cross-attention K/V "
+                         "(no training loop, no divergence)", group="the loss", choices=METHODS)
+    guidance: float = option(1.0, "η of --method esd: the reference is ε(c*) − η (ε(c*) − ε(anchor))",
+                             group="the loss")
     divergence: str = option("kl", "kl (= MSE), squared_hellinger, pearson_chi2, jensen_shannon, alpha "
                              "(with --alpha), reverse_kl, total_variation, ... (`python -m fdu divergences`)",
                              group="the loss")
@@ -208,11 +226,11 @@ class UnlearnConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        for name in ("omega", "preservation_weight"):
+        for name in ("omega", "preservation_weight", "guidance"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        for name, valid in (("optimizer", tuple(OPTIMIZERS)), ("critic_input", CRITIC_INPUTS),
+        for name, valid in (("method", METHODS), ("optimizer", tuple(OPTIMIZERS)), ("critic_input", CRITIC_INPUTS),
                             ("normalization", LOOP_NORMALIZATIONS), ("units", UNITS),
                             ("variance", VARIANCES)):
             if getattr(self, name) not in valid:
@@ -291,13 +309,24 @@ def draw_batch(task: Task, config: UnlearnConfig, gen: torch.Generator) -> Batch
     return Batch(task.scheduler.add_noise(drawn.x0, noise, t), t, drawn.target, drawn.anchor)
 
 
+def reference_output(task: Task, config: UnlearnConfig, batch: Batch) -> torch.Tensor:
+    """What the trained output under the target is pulled to (float32, no gradient): the frozen output
+    under the anchor (``method="ca"``), or ESD's negatively guided frozen output for the target,
+    ε(x_t, c*) − η (ε(x_t, c*) − ε(x_t, anchor)) with η = ``config.guidance`` (``method="esd"``)."""
+    anchor = frozen_output(task, batch.x_t, batch.t, batch.anchor).float()
+    if config.method == "ca":
+        return anchor
+    target = frozen_output(task, batch.x_t, batch.t, batch.target).float()
+    return target - config.guidance * (target - anchor)
+
+
 def _outputs(task: Task, config: UnlearnConfig, batch: Batch, acc) -> tuple[torch.Tensor, torch.Tensor]:
     """(anchor_out, trained_out): the frozen model under the anchor, the trained one under the target;
     with ``config.units == "epsilon"`` both times :func:`~fdu.reverse_step.epsilon_scale`, with
     ``config.normalization == "reverse_step"`` both times √(c_t s_t²) (:mod:`fdu.reverse_step`), so that
     their summed squared difference is the true δ² between the two reverse steps."""
     with acc.autocast():
-        anchor_out = frozen_output(task, batch.x_t, batch.t, batch.anchor).float()
+        anchor_out = reference_output(task, config, batch)
         trained_out = task.forward(task.model, batch.x_t, batch.t, batch.target).float()
     if config.normalization == "reverse_step":
         scale = output_delta2_factor(task.scheduler, batch.t, config.variance).sqrt().float()
@@ -479,6 +508,9 @@ def unlearn(task: Task, config: UnlearnConfig, *, critic: torch.nn.Module | None
     autocast, losses in float32, gradient scaling for fp16) and data parallelism (``accelerate
     launch``): each process draws its own batches (seed + process index), gradients are averaged
     over processes, only the main process logs, calls ``callback`` and writes checkpoints."""
+    if config.method == "uce":
+        raise ValueError("method 'uce' is a closed-form edit, not a training loop: call fdu.uce.uce_edit, or "
+                         "python -m fdu unlearn --method uce")
     config.check(int(task.scheduler.config.num_train_timesteps))
     div = get_divergence(config.divergence, config.alpha)
     if config.variational and critic is None:

@@ -7,7 +7,11 @@ parameter group, checkpoint, and write the changed weights and a loadable pipeli
 
 Parameter groups (``PARAMETER_GROUPS``): ``kv`` — the cross-attention key/value projections
 ``attn2.to_k`` / ``attn2.to_v`` (the official default); ``attention`` — every attention projection of
-the UNet; ``unet`` — the whole UNet; ``embedding`` — the text encoder's token embedding. The frozen
+the UNet; ``cross_attention`` — every parameter of the cross-attention blocks ``attn2`` (ESD-x);
+``non_cross_attention`` — every UNet parameter outside them (ESD-u); ``unet`` — the whole UNet;
+``embedding`` — the text encoder's token embedding. With ``method="esd"`` the images noised for training
+are the frozen model's images of the *target* prompts, and the anchor prompts (the empty prompt in ESD)
+only enter the reference (:func:`fdu.unlearn.reference_output`). The frozen
 reference is :class:`fdu.unlearn.SwappedReference`: the original values of the trained parameters
 only, never a second UNet.
 """
@@ -26,7 +30,7 @@ from ..options import option, override
 from ..unlearn import UnlearnConfig
 from .prompts import CONCEPT_TYPES
 
-PARAMETER_GROUPS = ("kv", "attention", "unet", "embedding")
+PARAMETER_GROUPS = ("kv", "attention", "cross_attention", "non_cross_attention", "unet", "embedding")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 
 
@@ -63,9 +67,10 @@ def select_parameters(denoiser: Denoiser, group: str) -> dict:
         emb = denoiser.text_encoder.get_input_embeddings().weight
         chosen = {"text_encoder." + n: p for n, p in denoiser.text_encoder.named_parameters() if p is emb}
     else:
-        from ..layers import is_attention, is_cross_attention_kv
+        from ..layers import is_attention, is_cross_attention, is_cross_attention_kv
 
-        keep = {"kv": is_cross_attention_kv, "attention": is_attention}.get(group, lambda name: True)
+        keep = {"kv": is_cross_attention_kv, "attention": is_attention, "cross_attention": is_cross_attention,
+                "non_cross_attention": lambda name: not is_cross_attention(name)}.get(group, lambda name: True)
         chosen = {"unet." + n: p for n, p in denoiser.unet.named_parameters() if keep(n)}
     if not chosen:
         raise ValueError(f"the parameter group {group!r} selects nothing in this model")
@@ -77,8 +82,8 @@ def select_parameters(denoiser: Denoiser, group: str) -> dict:
 def unlearning_task(pipe, target_prompts: Sequence[str], anchor_prompts: Sequence[str],
                     anchor_latents: torch.Tensor, *, group: str = "kv", hflip: bool = True,
                     mask_border: int = 0):
-    """A :class:`fdu.unlearn.Task` for a pipeline. Anchor latent i was generated from anchor prompt
-    ``i % len(anchor_prompts)``; each drawn latent is trained with its own
+    """A :class:`fdu.unlearn.Task` for a pipeline. Latent i was generated from anchor prompt
+    ``i % len(anchor_prompts)`` (from target prompt i % n for ESD); each drawn latent is trained with its own
     pair: the target prompt and the anchor prompt of the same caption. ``hflip``: flip half the
     latents left-right (the official ``--hflip``). ``mask_border``: leave this many latent pixels at
     each edge out of the closed-form loss (the official mask without augmentation leaves out 1)."""
@@ -142,9 +147,9 @@ class RunConfig(UnlearnConfig):
                                      "as the mini model does, else the shipped captions)", group=ERASE)
     preserve: tuple = option((), "prompts whose outputs --preservation-weight holds to the original "
                              "model's (e.g. the retained artists' names)", group=ERASE, nargs="*")
-    group: str = option("kv", "what to train: cross-attention K/V (official), all attention, the "
-                        "full UNet, the token embedding", group="training", flag="--params",
-                        choices=PARAMETER_GROUPS)
+    group: str = option("kv", "what to train: cross-attention K/V (official), all attention, all of "
+                        "cross-attention (ESD-x), all but cross-attention (ESD-u), the full UNet, the token "
+                        "embedding", group="training", flag="--params", choices=PARAMETER_GROUPS)
     mixed_precision: str = option("no", "autocast dtype of the forward passes (losses stay float32)",
                                   group="training", choices=MIXED_PRECISIONS)
     resume: bool = option(False, "continue from the latest checkpoint in --output", group="training")
@@ -161,6 +166,8 @@ class RunConfig(UnlearnConfig):
     hflip: bool = option(True, "do not flip half the anchor latents", group=ANCHOR_IMAGES)
     cache_dir: str | None = option(None, "where anchor images are cached (default: OUTPUT/anchors)",
                                       group=ANCHOR_IMAGES)
+    uce_lambda: float = option(0.1, "λ of --method uce: the regulariser that keeps the edited K/V near the "
+                               "original (> 0)", group="the loss")
     # Stable Diffusion defaults of the loop's options (the official code's, on one GPU)
     steps: int = override(UnlearnConfig, "steps", 500)
     batch_size: int = override(UnlearnConfig, "batch_size", 2)
@@ -188,6 +195,12 @@ class RunConfig(UnlearnConfig):
         if self.variational and self.critic_warmup >= self.steps:
             raise ValueError(f"--critic-warmup ({self.critic_warmup}) must be below --steps ({self.steps}): "
                              "during the warm-up only the critic trains, so the model would come back untouched")
+        if self.method == "uce":
+            if self.variational or self.divergence not in ("kl", "mse"):
+                raise ValueError("--method uce is a least-squares edit of the cross-attention K/V: it takes no "
+                                 "--divergence or --variational (those apply to --method ca and esd)")
+            if not self.uce_lambda > 0:
+                raise ValueError(f"--uce-lambda must be > 0, got {self.uce_lambda}")
         if self.preservation_weight > 0 and not self.preserve:
             raise ValueError("--preservation-weight needs the prompts to preserve: --preserve PROMPT ...")
 
@@ -285,6 +298,8 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
     t0 = time.time()
     pipe = load_pipeline(cfg.model, device=str(acc.device), progress=cfg.progress and acc.is_main_process)
     check_prompts(cfg, targets, anchors, pipe.tokenizer, log)
+    if cfg.method == "uce":   # a closed-form edit: no anchor images, no loop
+        return _uce_run(cfg, pipe, out, targets, anchors, acc, t0)
     # no more anchor images than the run can use (every process draws its own batches); a resumed
     # run keeps the anchor images it started with
     needed = cfg.steps * cfg.batch_size * cfg.gradient_accumulation_steps * acc.num_processes
@@ -292,9 +307,10 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
     if resume_meta is not None:
         n_images = int(resume_meta.get("info", {}).get("anchor_images", n_images))
     size = cfg.resolution
-    negative = cfg.target if cfg.concept_type == "nudity" else None
+    esd = cfg.method == "esd"   # ESD trains on the frozen model's own images of the target
+    negative = cfg.target if cfg.concept_type == "nudity" and not esd else None
     with acc.main_process_first():   # the main process generates, the others read the cache
-        latents = generate_anchor_latents(pipe, anchors, n_images, cache, height=size, width=size,
+        latents = generate_anchor_latents(pipe, targets if esd else anchors, n_images, cache, height=size, width=size,
                                           steps=cfg.anchor_steps, guidance=cfg.anchor_guidance,
                                           seed=cfg.seed, negative_prompt=negative,
                                           batch_size=cfg.anchor_batch_size,
@@ -323,6 +339,35 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
         summary["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
     if acc.is_main_process:
         save_file({n: p.detach().float().cpu().contiguous() for n, p in task.params.items()},
+                  str(out / "unlearned.safetensors"), metadata={"fdu": json.dumps(asdict(cfg))})
+        pipe.save_pretrained(str(out / "pipeline"))
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    acc.wait_for_everyone()
+    return summary
+
+
+def _uce_run(cfg: RunConfig, pipe, out: Path, targets, anchors, acc, t0: float) -> dict:
+    """--method uce: edit the cross-attention K/V in closed form (:mod:`fdu.uce`) and write what a trained
+    run writes (unlearned.safetensors, the pipeline, summary.json)."""
+    from safetensors.torch import save_file
+
+    from ..checkpoints import all_finite
+    from ..errors import NonFiniteError
+    from ..uce import concept_texts, uce_edit
+    from .pipeline import prediction_type
+
+    edit_targets, edit_anchors = concept_texts(cfg.target, cfg.anchor)
+    edited = uce_edit(pipe, edit_targets, edit_anchors, cfg.preserve, lam=cfg.uce_lambda)
+    if not all_finite(edited.values()):
+        raise NonFiniteError("the UCE edit produced inf or NaN weights (try a larger --uce-lambda); "
+                             "nothing was written")
+    summary = {"config": asdict(cfg), "processes": acc.num_processes, "prediction_type": prediction_type(pipe),
+               "trained_parameters": sum(p.numel() for p in edited.values()), "anchor_images": 0,
+               "first_prompts": {"target": edit_targets[:3], "anchor": edit_anchors[:3]},
+               "resumed_from": None, "resume": None, "skipped_steps": [], "final_loss": None,
+               "seconds": {"setup": 0.0, "train": round(time.time() - t0, 2)}}
+    if acc.is_main_process:
+        save_file({n: p.detach().float().cpu().contiguous() for n, p in edited.items()},
                   str(out / "unlearned.safetensors"), metadata={"fdu": json.dumps(asdict(cfg))})
         pipe.save_pretrained(str(out / "pipeline"))
         (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -10,7 +10,7 @@ import math
 import platform
 from importlib import metadata
 
-from .paths import results_dir
+from .paths import REPO_ROOT, results_dir
 
 PACKAGES = ("torch", "numpy", "scipy", "sympy", "mpmath")
 
@@ -30,8 +30,8 @@ def _clean(x):
 
 
 def save_results(notebook: str, results: dict, parameters: dict) -> str:
-    """Write ``<results_dir>/<notebook>.json``; refuses results that lack a key the report reads
-    (:data:`fdu.verdicts.SCHEMA`)."""
+    """Write ``<results_dir>/<notebook>.json`` and return its path (relative to the checkout when it lies
+    inside); refuses results that lack a key the report reads (:data:`fdu.verdicts.SCHEMA`)."""
     from .verdicts import missing_keys
 
     missing = missing_keys(notebook, results)
@@ -48,7 +48,10 @@ def save_results(notebook: str, results: dict, parameters: dict) -> str:
                "environment": {"python": platform.python_version(), **versions}}
     path = results_dir() / f"{notebook}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    return str(path)
+    try:   # relative to the checkout where it lies inside (what an executed notebook shows: the same everywhere)
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def load_results(notebook: str, folder=None) -> dict | None:

@@ -146,13 +146,6 @@ def test_damaged_checkpoints_are_named_and_the_previous_good_one_offered(tmp_pat
 # --- the command line, on the tiny pipeline -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    assert main(["tiny-pipeline", str(folder), "--sample-size", "8"]) == 0
-    return folder
-
-
 def args(model, out, *extra, target="van gogh", anchor="painting"):
     return ["unlearn", "--model", str(model), "--target", target, "--anchor", anchor, "--output", str(out),
             "--quiet", "--batch-size", "2", "--gradient-accumulation-steps", "1", "--anchor-steps", "2",

@@ -19,13 +19,6 @@ from fdu.sd.prompts import read_prompt_file
 TINY = dict(sample_size=8)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    assert main(["tiny-pipeline", str(folder), "--sample-size", "8"]) == 0
-    return folder
-
-
 def unlearn_args(model, out, *extra):
     return ["unlearn", "--model", str(model), "--target", "van gogh", "--anchor", "painting",
             "--divergence", "hellinger", "--output", str(out), "--quiet", "--batch-size", "2",

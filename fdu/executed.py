@@ -5,9 +5,10 @@ anything (GitHub renders ``.ipynb`` files, math and images included).
 ``make figures`` writes them with papermill and then calls :func:`clean` on each, which drops what changes
 from run to run without the computation changing (papermill's and Jupyter's timestamps and durations,
 progress bars and warnings on stderr, the ids of interactive widgets, which no static page can show), so
-that a rerun on the same machine changes nothing but the wall times some notebooks print. :func:`stale` says which executed notebooks
-no longer match their sources: a changed code cell needs the notebook to be run again; a changed markdown
-cell only needs :func:`sync_markdown` (``python -m fdu.executed sync``), which copies the prose across by cell id.
+that a rerun on the same machine changes nothing but the wall times some notebooks print. :func:`stale`
+says which executed notebooks no longer match their sources: a changed code cell needs the notebook to
+be run again; a changed markdown cell only needs :func:`sync_markdown` (``python -m fdu.executed sync``),
+which copies the prose across by cell id.
 
 Command line: ``python -m fdu.executed clean|check|sync [NOTEBOOKS_DIR]``.
 """

@@ -114,13 +114,16 @@ def _unlearn(args):
 
     if PartialState().is_main_process:
         out = Path(args.output)
+        concepts = [cfg.target] if isinstance(cfg.target, str) else list(cfg.target)
+        named = " + ".join(repr(c) for c in concepts) + ("" if len(concepts) == 1 else
+                                                         " (jointly)" if cfg.joint else " (one after another)")
         if cfg.method == "uce":
-            print(f"\nerased {cfg.target!r} → anchor {cfg.anchor!r} with UCE's closed-form edit (λ {cfg.uce_lambda:g}, "
+            print(f"\nerased {named} → anchor {cfg.anchor!r} with UCE's closed-form edit (λ {cfg.uce_lambda:g}, "
                   f"{len(cfg.preserve)} preserved prompt(s)): {summary['trained_parameters']:,} cross-attention "
                   f"K/V parameters in {summary['seconds']['train']:.1f} s")
         else:
             method = {"ca": "", "esd": f", ESD (η {cfg.guidance:g})"}[cfg.method]
-            print(f"\nerased {cfg.target!r} → anchor {cfg.anchor!r} with {cfg.divergence}{method}"
+            print(f"\nerased {named} → anchor {cfg.anchor!r} with {cfg.divergence}{method}"
                   f"{' (variational)' if cfg.variational else ''}: {cfg.steps} steps on {summary['processes']} "
                   f"process(es), {summary['trained_parameters']:,} trained parameters ({cfg.group}), "
                   f"{summary['anchor_images']} anchor images; final loss {summary['final_loss']:.4g}; "
@@ -128,7 +131,7 @@ def _unlearn(args):
         print(f"  weights:  {out / 'unlearned.safetensors'}")
         print(f"  pipeline: {out / 'pipeline'}  (StableDiffusionPipeline.from_pretrained loads it)")
         print(f"  resume:   add --resume; evaluate: python -m fdu evaluate --model {args.model} "
-              f"--unlearned {out} --concept {args.target!r}")
+              f"--unlearned {out} --concept {concepts[0]!r}")
 
 
 def _evaluate(args):

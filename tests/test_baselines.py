@@ -1,4 +1,5 @@
-"""The method axis: ESD (and f-ESD) through the one loop, on the tiny pipeline."""
+"""The method axis (ESD and f-ESD through the one loop, UCE's closed-form edit) and many concepts (sequential
+and joint erasure), on the tiny pipeline."""
 import json
 
 import pytest
@@ -134,3 +135,60 @@ def test_uce_through_the_command_line_and_its_bad_input(tiny, tmp_path, capsys):
 
     with pytest.raises(ValueError, match="closed-form edit"):
         unlearn(None, UnlearnConfig(method="uce"))
+
+
+def _many(tiny, out, *extra):
+    return ["unlearn", "--model", str(tiny), "--target", "van gogh", "monet", "--anchor", "painting",
+            "--output", str(out), "--quiet", "--steps", "2", "--batch-size", "2", "--gradient-accumulation-steps", "1",
+            "--anchor-steps", "2", "--checkpoint-every", "1", *extra]
+
+
+def test_sequential_erasure_chains_the_runs_and_an_interrupted_sequence_resumes_exactly(tiny, tmp_path):
+    """Two concepts one after another: stage 2 trains from stage 1's pipeline; OUTPUT holds the last weights
+    and a loadable pipeline; a sequence cut inside stage 2 and resumed ends with the same weights."""
+    import shutil
+
+    from fdu.sd import load_pipeline
+
+    full = tmp_path / "full"
+    assert main(_many(tiny, full)) == 0
+    summary = json.loads((full / "summary.json").read_text())
+    assert summary["mode"] == "sequential" and summary["concepts"] == ["van gogh", "monet"]
+    assert [s["model"] for s in summary["stages"]] == [str(tiny), str(full / "01-van-gogh" / "pipeline")]
+    first, last = (load_file(str(full / f / "unlearned.safetensors")) for f in ("01-van-gogh", "02-monet"))
+    final = load_file(str(full / "unlearned.safetensors"))
+    assert all(torch.equal(final[n], last[n]) for n in final) and any(not torch.equal(first[n], last[n]) for n in first)
+    images = load_pipeline(str(full / "pipeline"))(["monet"], num_inference_steps=2, output_type="pt").images
+    assert images.isfinite().all()
+
+    stage = full / "02-monet"                    # as if killed after stage 2's first checkpoint
+    for name in ("summary.json", "unlearned.safetensors", "checkpoints/step_2.safetensors", "checkpoints/history.json"):
+        (stage / name).unlink()
+    shutil.rmtree(stage / "pipeline")
+    (full / "summary.json").unlink()
+    assert main(_many(tiny, full, "--resume")) == 0
+    resumed = load_file(str(full / "unlearned.safetensors"))
+    assert resumed.keys() == final.keys() and all(torch.equal(resumed[n], final[n]) for n in final)
+
+
+def test_joint_erasure_and_a_file_of_targets(tiny, tmp_path):
+    """--joint trains once on the caption pairs of every target; --target FILE reads one concept per line;
+    no concept, or one named twice, is refused before anything loads."""
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("# artists\nvan gogh\n\nmonet\n")
+    out = tmp_path / "joint"
+    args = _many(tiny, out, "--joint")
+    args[args.index("van gogh"):args.index("monet") + 1] = [str(concepts)]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["target"] == ["van gogh", "monet"] and summary["config"]["joint"] is True
+    assert not (out / "01-van-gogh").exists() and (out / "pipeline").is_dir()
+    from fdu.sd.train import concepts_of
+
+    for bad, message in (([""], "non-empty"), (["van gogh", "van gogh"], "twice")):
+        with pytest.raises(ValueError, match=message):
+            concepts_of(bad)
+    empty = tmp_path / "none.txt"
+    empty.write_text("# nothing\n\n")
+    with pytest.raises(ValueError, match="names no concept"):
+        concepts_of([str(empty)])

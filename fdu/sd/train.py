@@ -133,7 +133,11 @@ class RunConfig(UnlearnConfig):
 
     model: str = option(help="hub id or local pipeline folder (offline: a folder or the hub cache)",
                         group=ERASE)
-    target: str = option(help='the concept to erase, e.g. "van gogh"', group=ERASE)
+    target: str = option(help='the concept(s) to erase, e.g. "van gogh" (several: "van gogh" monet ..., or a '
+                         'text file with one concept per line)', group=ERASE, nargs="+")
+    joint: bool = option(False, "several targets: erase them all in one run over all their prompts (default: "
+                         "sequentially, each run starting from the last one's weights, with the outputs of "
+                         "concept k in OUTPUT/kk-<concept>)", group=ERASE)
     anchor: str = option(help='what to map it to: the superclass ("painting"), a near concept '
                          '("salvador dali"), or "" (the empty prompt)', group=ERASE)
     output: str = option(help="folder for checkpoints, unlearned weights, pipeline and summary",
@@ -178,6 +182,9 @@ class RunConfig(UnlearnConfig):
 
     def __post_init__(self):
         self.preserve = tuple(self.preserve)
+        self.target = concepts_of(self.target)
+        if len(self.target) == 1:
+            self.target = self.target[0]
         if self.checkpoint_dir is None:
             self.checkpoint_dir = str(Path(self.output) / "checkpoints")
 
@@ -205,6 +212,29 @@ class RunConfig(UnlearnConfig):
             raise ValueError("--preservation-weight needs the prompts to preserve: --preserve PROMPT ...")
 
 
+def concepts_of(target) -> tuple:
+    """The concepts a --target names: one string, several, or a text file of one concept per line (a
+    single value naming an existing file). Raises ValueError for none."""
+    values = [target] if isinstance(target, str) else list(target)
+    if len(values) == 1 and values[0] and Path(values[0]).is_file():
+        try:
+            values = [line.strip() for line in Path(values[0]).read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError:
+            raise ValueError(f"--target {values[0]}: not a UTF-8 text file of concepts, one per line") from None
+        values = [v for v in values if v and not v.startswith("#")]
+        if not values:
+            raise ValueError(f"--target {target!r}: the file names no concept (one per line)")
+    if not values or any(not isinstance(v, str) or not v.strip() for v in values):
+        raise ValueError(f"--target needs at least one non-empty concept, got {target!r}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"--target names a concept twice: {values}")
+    return tuple(values)
+
+
+def _concepts(cfg) -> tuple:
+    return (cfg.target,) if isinstance(cfg.target, str) else tuple(cfg.target)
+
+
 def check_known_concepts(cfg: RunConfig):
     """A model folder that lists the concepts it knows (``world.json``, as the mini model does) gets a
     clear error for a target or anchor it does not know, before anything is loaded or trained."""
@@ -213,7 +243,7 @@ def check_known_concepts(cfg: RunConfig):
         return
     known = json.loads(path.read_text())
     valid = [c for kind in ("styles", "objects") for c in known.get(kind, [])]
-    for what, name in (("target", cfg.target), ("anchor", cfg.anchor)):
+    for what, name in [("target", t) for t in _concepts(cfg)] + [("anchor", cfg.anchor)]:
         if name and name.strip().lower() not in valid:
             raise ValueError(f"--{what} {name!r} is not a concept of the model {cfg.model} (its world.json): "
                              f"styles {', '.join(known.get('styles', []))}; "
@@ -223,9 +253,10 @@ def check_known_concepts(cfg: RunConfig):
 def check_prompts(cfg: RunConfig, targets, anchors, tokenizer, log=print):
     """Warnings for what trains but is probably not meant: the target equal to the anchor, prompts
     longer than the text encoder reads (cut, so their end is not trained)."""
-    if cfg.target.strip().lower() == cfg.anchor.strip().lower():
-        log(f"warning: --target and --anchor are both {cfg.target!r}: the model is pulled towards itself, "
-            "and little will change")
+    for target in _concepts(cfg):
+        if target.strip().lower() == cfg.anchor.strip().lower():
+            log(f"warning: --target and --anchor are both {target!r}: the model is pulled towards itself, "
+                "and little will change")
     limit = tokenizer.model_max_length
     long = [p for p in dict.fromkeys([*targets, *anchors]) if len(tokenizer(p).input_ids) > limit]
     if long:
@@ -279,11 +310,16 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
 
     cfg.check()
     check_known_concepts(cfg)
+    if not isinstance(cfg.target, str) and not cfg.joint:
+        return run_sequence(cfg, accelerator=accelerator, log=log)
     out = writable_folder(cfg.output, "--output")
     writable_folder(cfg.checkpoint_dir, "the checkpoint folder")
     cache = writable_folder(cfg.cache_dir if cfg.cache_dir else out / "anchors", "--cache-dir")
-    targets, anchors = build_prompts(cfg.concept_type, cfg.target, cfg.anchor, superclass=cfg.superclass,
-                                     captions=cfg.captions, seed=cfg.seed, model_dir=cfg.model)
+    targets, anchors = [], []
+    for concept in _concepts(cfg):   # one concept, or all of them for --joint: their caption pairs together
+        t, a = build_prompts(cfg.concept_type, concept, cfg.anchor, superclass=cfg.superclass,
+                             captions=cfg.captions, seed=cfg.seed, model_dir=cfg.model)
+        targets, anchors = targets + list(t), anchors + list(a)
     acc = accelerator
     if acc is None:
         from accelerate.state import AcceleratorState, PartialState
@@ -298,7 +334,7 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
     t0 = time.time()
     pipe = load_pipeline(cfg.model, device=str(acc.device), progress=cfg.progress and acc.is_main_process)
     check_prompts(cfg, targets, anchors, pipe.tokenizer, log)
-    if cfg.method == "uce":   # a closed-form edit: no anchor images, no loop
+    if cfg.method == "uce":   # a closed-form edit: no anchor images, no loop (all --joint targets at once)
         return _uce_run(cfg, pipe, out, targets, anchors, acc, t0)
     # no more anchor images than the run can use (every process draws its own batches); a resumed
     # run keeps the anchor images it started with
@@ -308,7 +344,7 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
         n_images = int(resume_meta.get("info", {}).get("anchor_images", n_images))
     size = cfg.resolution
     esd = cfg.method == "esd"   # ESD trains on the frozen model's own images of the target
-    negative = cfg.target if cfg.concept_type == "nudity" and not esd else None
+    negative = ", ".join(_concepts(cfg)) if cfg.concept_type == "nudity" and not esd else None
     with acc.main_process_first():   # the main process generates, the others read the cache
         latents = generate_anchor_latents(pipe, targets if esd else anchors, n_images, cache, height=size, width=size,
                                           steps=cfg.anchor_steps, guidance=cfg.anchor_guidance,
@@ -356,7 +392,10 @@ def _uce_run(cfg: RunConfig, pipe, out: Path, targets, anchors, acc, t0: float) 
     from ..uce import concept_texts, uce_edit
     from .pipeline import prediction_type
 
-    edit_targets, edit_anchors = concept_texts(cfg.target, cfg.anchor)
+    edit_targets, edit_anchors = [], []
+    for concept in _concepts(cfg):
+        t, a = concept_texts(concept, cfg.anchor)
+        edit_targets, edit_anchors = edit_targets + t, edit_anchors + a
     edited = uce_edit(pipe, edit_targets, edit_anchors, cfg.preserve, lam=cfg.uce_lambda)
     if not all_finite(edited.values()):
         raise NonFiniteError("the UCE edit produced inf or NaN weights (try a larger --uce-lambda); "
@@ -372,6 +411,54 @@ def _uce_run(cfg: RunConfig, pipe, out: Path, targets, anchors, acc, t0: float) 
         pipe.save_pretrained(str(out / "pipeline"))
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     acc.wait_for_everyone()
+    return summary
+
+
+def _slug(concept: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in concept.lower()).strip("-") or "concept"
+
+
+def run_sequence(cfg: RunConfig, accelerator=None, log=print) -> dict:
+    """Several targets, erased one after another (the paper's ten artists): concept k trains from the
+    pipeline concept k−1 wrote, in ``OUTPUT/kk-<concept>`` (a complete run's outputs each). A finished
+    stage (its summary.json) is skipped; with ``--resume`` an interrupted one continues from its
+    checkpoint, so an interrupted sequence ends with the same weights as an uninterrupted one. The last
+    stage's unlearned.safetensors and pipeline are copied to OUTPUT, with a summary of every stage."""
+    import shutil
+    from dataclasses import replace
+
+    from ..paths import writable_folder
+
+    out = writable_folder(cfg.output, "--output")
+    stages, model = [], cfg.model
+    for k, concept in enumerate(_concepts(cfg), start=1):
+        stage = out / f"{k:02d}-{_slug(concept)}"
+        done = stage / "summary.json"
+        if done.is_file():
+            log(f"[{k}/{len(_concepts(cfg))}] {concept!r}: done earlier ({stage})")
+            summary = json.loads(done.read_text())
+        else:
+            log(f"[{k}/{len(_concepts(cfg))}] erasing {concept!r} from {model}")
+            resume = cfg.resume and (stage / "checkpoints").is_dir() and any((stage / "checkpoints").iterdir())
+            stage_cfg = replace(cfg, target=concept, model=str(model), output=str(stage),
+                                checkpoint_dir=str(stage / "checkpoints"), resume=resume, joint=False,
+                                cache_dir=cfg.cache_dir)
+            summary = run(stage_cfg, accelerator=accelerator, log=log)
+        stages.append({"concept": concept, "output": str(stage), "model": str(model), "summary": summary})
+        model = stage / "pipeline"
+    last = Path(stages[-1]["output"])
+    shutil.copyfile(last / "unlearned.safetensors", out / "unlearned.safetensors")
+    if (out / "pipeline").exists():
+        shutil.rmtree(out / "pipeline")
+    shutil.copytree(last / "pipeline", out / "pipeline")
+    summary = {"config": asdict(cfg), "mode": "sequential", "concepts": list(_concepts(cfg)),
+               "processes": stages[-1]["summary"].get("processes", 1),
+               "trained_parameters": stages[-1]["summary"]["trained_parameters"],
+               "anchor_images": sum(s["summary"]["anchor_images"] for s in stages),
+               "final_loss": stages[-1]["summary"]["final_loss"],
+               "seconds": {"train": round(sum(s["summary"]["seconds"]["train"] for s in stages), 2)},
+               "stages": [{k: v for k, v in s.items() if k != "summary"} for s in stages]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from .metrics import format_ci
 from .paths import REPO_ROOT, report_results_dir
 from .results import load_results
-from .verdicts import NB02, NB03, NB04, NB05, NB06
+from .verdicts import NB02, NB03, NB04, NB05, NB06, NB07
 
 NB01 = "01_f_divergences_between_gaussians"
-NOTEBOOKS = (NB01, NB02, NB03, NB04, NB05, NB06)
+NOTEBOOKS = (NB01, NB02, NB03, NB04, NB05, NB06, NB07)
 
 # (number, the paper's statement (its source: see paper/REFERENCES.md), who measures it)
 CLAIMS = [
@@ -33,10 +33,10 @@ CLAIMS = [
      "04/05/06 (toy, digits, mini-SD)"),
     (6, "Variational Hellinger: highest retained scores (CS 0.702, CA 0.88), weaker erasure, higher KID "
         "(0.051) (source: summary)", "04/05/06 (toy, digits, mini-SD)"),
-    (7, "Baselines on SD 2.1 Van Gogh: ESD, DoCo, CAbl numbers (source: summary)", None),
+    (7, "Baselines on SD 2.1 Van Gogh: ESD, DoCo, CAbl numbers (source: summary)", NB07),
     (8, "Nudity: H-DMU I2P 0.063, MMA 0.049 / 0.042 vs CAbl 0.120, 0.118, 0.141 (source: summary)", None),
     (9, "Sequential 10-artist erasure: the Hellinger variant gives lower KID on retained artists (source: summary)",
-     None),
+     NB07),
     (10, "Anchors: near and superclass anchors preserve unrelated concepts better (source: summary of v1)",
      "04/05/06 (toy, digits, mini-SD)"),
     (11, "Local convergence: JS and squared Hellinger converge faster (guided by f''(1)) (source: summary of v1)",
@@ -634,7 +634,61 @@ def _with_sd(row_filler, sd_filler):
     return filler
 
 
-FILLERS = {1: _claim1, 2: _claim2, 3: _claim3, 4: _with_sd(_with_digits(_claim4, _d4), _s4),
+def _mini_scale(r) -> str:
+    par = r["_params"]
+    model = "mini-SD" if r.get("model") == "mini" else str(r.get("model"))
+    return model, (f"{model} ({par['steps']} steps per run, Adam lr {par['lr']:g}, seed {par['seed']}, "
+                   f"erased = CLIP accuracy ≤ {par['threshold']:g})")
+
+
+def _claim7(R):
+    r = R.get(NB07)
+    if r is None:
+        return None
+    name, scale = _mini_scale(r)
+    first, v = r["methods"]["first_erased"], r["verdict"]["baselines"]
+    parts = []
+    for label, e in first.items():
+        parts.append(f"{label} erased at step {e['step']['value']:.0f}, drift {e['drift']['value']:.3g}, retained "
+                     f"{e['retained_accuracy']['value']:.2f}, KID {e['kid']['value']:.3g}" if "drift" in e else
+                     f"{label} not erased")
+    text = (f"{scale}, 'van gogh' → 'painting' (ESD: the empty prompt, η {r['methods']['esd_guidance']:g}; UCE: one "
+            f"closed-form edit, λ {r['methods']['uce_lambda']:g}, the retained artists preserved), at each method's "
+            "first erased checkpoint: " + "; ".join(parts) + ". DoCo is not implemented (adversarial, with its own "
+            "critic)" + _source(NB07) + "; the paper's Stable Diffusion numbers are not checkable here")
+    margin = f"{v.get('margin', 0.1):.0%}"
+    why = {"reproduced": f"every other method that erased drifts more than {margin} above H-DMU",
+           "contradicted": f"{', '.join(v['less_damage_than_hellinger'])} erased with a drift more than {margin} "
+                           "below H-DMU's",
+           "inconclusive": "H-DMU, or every other method, did not erase",
+           "not reproduced (no clear difference)": f"{', '.join(v.get('no_clear_difference', []))} within {margin} "
+                                                   "of H-DMU's drift"}[v["status"]]
+    return text, name, f"{name}: {v['status']} ({why}); SD: not checkable here"
+
+
+def _claim9(R):
+    r = R.get(NB07)
+    if r is None:
+        return None
+    name, scale = _mini_scale(r)
+    seq, v = r["sequence"], r["verdict"]["sequential"]
+    curves = seq["curves"]
+    kid = {d: ", ".join(f"{p['kid']['mean']:.3g}" for p in pts[1:]) for d, pts in curves.items()}
+    left = {d: sum(a["value"] for a in pts[-1]["erased_accuracy"].values()) / len(pts[-1]["erased_accuracy"])
+            for d, pts in curves.items()}
+    text = (f"{scale}: {len(seq['sequence'])} artists erased one after another ({', '.join(seq['sequence'])}; each "
+            f"run from the last one's weights), retained {', '.join(seq['retained'])}. Retained KID after each "
+            f"artist, KL: {kid['kl']}; squared Hellinger: {kid['squared_hellinger']} (beyond KID's subset spread: "
+            f"lower for Hellinger after {v['hellinger_lower_kid_stages']} of {v['stages']}, higher after "
+            f"{v.get('hellinger_higher_kid_stages', 0)}); retained CLIP accuracy at the end "
+            f"{v['retained_accuracy_final']['squared_hellinger']:.2f} vs {v['retained_accuracy_final']['kl']:.2f}; "
+            f"mean CLIP accuracy of the erased artists at the end {left['squared_hellinger']:.2f} vs {left['kl']:.2f} "
+            "(Hellinger vs KL; above 0 where a later erasure brought an earlier artist back)"
+            + _source(NB07) + "; the paper's Stable Diffusion numbers are not checkable here")
+    return text, name, f"{name}: {v['status']}; SD: not checkable here"
+
+
+FILLERS = {1: _claim1, 7: _claim7, 9: _claim9, 2: _claim2, 3: _claim3, 4: _with_sd(_with_digits(_claim4, _d4), _s4),
            5: _with_sd(_with_digits(_claim5, _d5), _s5), 6: _with_sd(_with_digits(_claim6, _d6), _s6),
            10: _with_sd(_with_digits(_claim10, _d10), _s10), 11: _claim11,
            12: _with_digits(_claim12, _d12), 13: _claim13}

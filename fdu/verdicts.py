@@ -15,6 +15,7 @@ NB03 = "03_local_convergence"
 NB04 = "04_toy2d_unlearning"
 NB05 = "05_digits_unlearning"
 NB06 = "06_stable_diffusion_unlearning"
+NB07 = "07_baselines_and_sequential_erasure"
 
 #: notebook -> (top-level result keys, verdict keys) that the report reads; a key ending in "?"
 #: is read only when present (it depends on which losses a run includes)
@@ -44,6 +45,7 @@ SCHEMA = {
             "anchors_variational", "variational_bias_shrinks_with_batch",
             "variational_spread_shrinks_with_batch")),
     NB06: (("comparisons",), ()),
+    NB07: (("methods", "sequence"), ("baselines", "sequential")),
 }
 
 
@@ -184,3 +186,59 @@ def digits_units(*, matched: dict, best: dict, budget: dict) -> dict:
     return {"hellinger_vs_mse_matched_erasure": B.compare_at_matched_erasure(matched, "squared Hellinger", "KL = MSE"),
             "hellinger_vs_mse_best_erased": B.compare_at_matched_erasure(best, "squared Hellinger", "KL = MSE"),
             "chi2_vs_mse_budget": B.chi2_verdict(budget, "Pearson χ²", "KL = MSE")}
+
+
+def baselines(first: dict, *, hellinger: str, others: Sequence[str], margin: float = 0.1) -> dict:
+    """Claim 7 at matched erasure: ``first`` from :func:`fdu.digits_bench.matched_erasure` (each method's
+    first erased checkpoint; a method without a "drift" entry did not erase). An erased method does less
+    damage than ``hellinger`` when its drift on the retained concepts is below (1 − margin) times
+    Hellinger's, more when above (1 + margin) times; within that, no clear difference. Status:
+    "contradicted" when one does less, "reproduced" when every other erased method does more,
+    "inconclusive" when Hellinger did not erase or nothing else did, else "not reproduced (no clear
+    difference)"."""
+    drift = {k: e["drift"]["value"] for k, e in first.items() if "drift" in e}
+    erased = [k for k in others if k in drift]
+    out = {"erased": erased, "drift": drift, "margin": margin, "less_damage_than_hellinger": [],
+           "more_damage_than_hellinger": [], "no_clear_difference": []}
+    if hellinger not in drift or not erased:
+        return {**out, "status": "inconclusive"}
+    h = drift[hellinger]
+    out["less_damage_than_hellinger"] = [k for k in erased if drift[k] < (1 - margin) * h]
+    out["more_damage_than_hellinger"] = [k for k in erased if drift[k] > (1 + margin) * h]
+    out["no_clear_difference"] = [k for k in erased if (1 - margin) * h <= drift[k] <= (1 + margin) * h]
+    status = ("contradicted" if out["less_damage_than_hellinger"] else
+              "reproduced" if len(out["more_damage_than_hellinger"]) == len(erased) else
+              "not reproduced (no clear difference)")
+    return {**out, "status": status}
+
+
+def sequential(curves: dict, *, hellinger: str = "squared_hellinger", mse: str = "kl") -> dict:
+    """Claim 9: after each stage of a sequential erasure, the retained concepts' KID under Hellinger
+    against MSE (``curves``: divergence -> points of :func:`fdu.sd.bench.sequence_curve`). A stage counts
+    as lower (or higher) only when the two KIDs differ by more than the larger of their standard deviations
+    over KID's subsets; else it is a tie. "reproduced": lower after the last stage and after most stages;
+    "contradicted": higher on both counts; "not reproduced (no clear difference)": ties throughout;
+    otherwise "partly"."""
+    h, m = curves[hellinger][1:], curves[mse][1:]
+
+    def compare(a, b):
+        gap, noise = a["kid"]["mean"] - b["kid"]["mean"], max(a["kid"]["std"], b["kid"]["std"])
+        return -1 if gap < -noise else 1 if gap > noise else 0
+
+    signs = [compare(a, b) for a, b in zip(h, m)]
+    lower, higher = signs.count(-1), signs.count(1)
+    if signs[-1] == -1 and lower > len(signs) / 2:
+        status = "reproduced"
+    elif signs[-1] == 1 and higher > len(signs) / 2:
+        status = "contradicted"
+    elif lower == higher == 0:
+        status = "not reproduced (no clear difference)"
+    else:
+        status = "partly"
+    return {"status": status, "stages": len(signs), "hellinger_lower_kid_stages": lower,
+            "hellinger_higher_kid_stages": higher, "ties": signs.count(0),
+            "hellinger_lower_kid_final": signs[-1] == -1,
+            "kid_final": {hellinger: h[-1]["kid"]["mean"], mse: m[-1]["kid"]["mean"]},
+            "kid_std_final": {hellinger: h[-1]["kid"]["std"], mse: m[-1]["kid"]["std"]},
+            "retained_accuracy_final": {hellinger: h[-1]["retained_accuracy"]["value"],
+                                        mse: m[-1]["retained_accuracy"]["value"]}}

@@ -166,7 +166,9 @@ def run(bench: Bench, spec: LossSpec, *, model: str, workdir, anchor: str, ancho
     every = math.gcd(*checkpoints)
     if max(checkpoints) != steps:
         raise ValueError(f"the last checkpoint must be steps={steps}, got {checkpoints}")
-    tag = f"{spec.divergence}{'-var' if spec.variational else ''}-{anchor or 'empty'}-s{seed}".replace(" ", "_")
+    method, group = run_options.get("method", "ca"), run_options.get("group", "kv")
+    tag = (f"{'' if method == 'ca' else method + '-'}{spec.divergence}{'-var' if spec.variational else ''}"
+           f"{'' if group == 'kv' else '-' + group}-{anchor or 'empty'}-s{seed}").replace(" ", "_")
     out = Path(workdir) / tag
     cfg = RunConfig(model=model, target=bench.target, anchor=anchor, output=str(out),
                     concept_type=bench.concept_type, divergence=spec.divergence, alpha=spec.alpha,
@@ -183,7 +185,7 @@ def run(bench: Bench, spec: LossSpec, *, model: str, workdir, anchor: str, ancho
         path = out / "checkpoints" / f"step_{c}.safetensors"
         if not path.is_file():
             break
-        swapped = load_checkpoint_into(bench.pipe, path)
+        swapped = load_checkpoint_into(bench.pipe, path, group=group)
         try:
             curve.append({"step": c, **bench.measure()})
         finally:
@@ -191,6 +193,53 @@ def run(bench: Bench, spec: LossSpec, *, model: str, workdir, anchor: str, ancho
     return {"spec": spec, "target": bench.target, "anchor": anchor or "empty", "anchor_kind": anchor_kind,
             "seed": seed, "lr": lr,
             "failed": bool(failed), "error": failed or None, "curve": curve}
+
+
+def swap_in(pipe, path) -> list:
+    """Put the tensors of an ``unlearned.safetensors`` into ``pipe``; returns what :func:`restore` needs."""
+    from safetensors.torch import load_file
+
+    modules = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+    swapped = []
+    for name, value in load_file(str(path)).items():
+        owner, _, rest = name.partition(".")
+        param = modules[owner].get_parameter(rest)
+        swapped.append((param, param.detach().clone()))
+        with torch.no_grad():
+            param.copy_(value.to(param.dtype))
+    return swapped
+
+
+@torch.no_grad()
+def concept_accuracy(bench: Bench, concept: str, prompts: Sequence[str]) -> dict:
+    """CLIP accuracy of a concept's prompts on the pipeline as it is now: the share of images whose CLIP
+    score for the concept beats the superclass' (Wilson 95 % interval)."""
+    from .evaluate import clip_scores, generate
+
+    images = generate(bench.pipe, list(prompts), steps=bench.steps, guidance=bench.guidance, seed=bench.seed)
+    s = clip_scores(bench.clip, bench.processor, images, [bench._text(concept), bench.superclass])
+    return wilson(int((s[:, 0] > s[:, 1]).sum()), len(images))
+
+
+def sequence_curve(bench: Bench, stages: Sequence[tuple], prompts: dict) -> list:
+    """Measures after each stage of a sequential erasure: ``stages`` = [(concept, stage folder)] in order
+    (each folder's unlearned.safetensors holds the weights after that stage), ``prompts``: concept ->
+    evaluation prompts. Point k: the CLIP accuracy of every concept erased so far, and the retained
+    concepts' accuracy, KID against the base model and drift (``bench.retained``; the base model is
+    point 0)."""
+    concepts = [c for c, _ in stages]
+    base = bench.measure()
+    points = [{"erased": 0, "erased_accuracy": {}, **{k: base[k] for k in ("retained_accuracy", "kid", "drift")}}]
+    for k, (concept, folder) in enumerate(stages, start=1):
+        swapped = swap_in(bench.pipe, Path(folder) / "unlearned.safetensors")
+        try:
+            m = bench.measure()
+            accuracy = {c: concept_accuracy(bench, c, prompts[c]) for c in concepts[:k]}
+        finally:
+            restore(swapped)
+        points.append({"erased": k, "concept": concept, "erased_accuracy": accuracy,
+                       **{key: m[key] for key in ("retained_accuracy", "kid", "drift")}})
+    return points
 
 
 def serialisable(runs: list) -> list:

@@ -47,6 +47,8 @@ def clean(path: Path) -> None:
     for cell in nb["cells"]:
         for key in ("papermill", "execution"):
             cell.get("metadata", {}).pop(key, None)
+        if cell.get("metadata", {}).get("tags") == []:   # papermill adds empty tags to some cells, not others
+            del cell["metadata"]["tags"]
         if cell["cell_type"] == "code":
             cell["outputs"] = [o for o in map(_clean_output, cell.get("outputs", [])) if o is not None]
     _write(path, nb)

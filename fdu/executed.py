@@ -4,8 +4,9 @@ anything (GitHub renders ``.ipynb`` files, math and images included).
 
 ``make figures`` writes them with papermill and then calls :func:`clean` on each, which drops what changes
 from run to run without the computation changing (papermill's and Jupyter's timestamps and durations,
-progress bars and warnings on stderr, the ids of interactive widgets, which no static page can show), so
-that a rerun on the same machine changes nothing but the wall times some notebooks print. :func:`stale`
+progress bars (on stderr, or as widgets) and warnings, the ids of interactive widgets, which no static page
+can show), so that a rerun on the same machine changes nothing but the wall times some notebooks print.
+:func:`stale`
 says which executed notebooks no longer match their sources: a changed code cell needs the notebook to
 be run again; a changed markdown cell only needs :func:`sync_markdown` (``python -m fdu.executed sync``),
 which copies the prose across by cell id.
@@ -30,11 +31,28 @@ def _write(path: Path, nb: dict) -> None:
     Path(path).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _clean_output(out: dict) -> dict | None:
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+PROGRESS_MODELS = ("FloatProgressModel", "IntProgressModel")
+
+
+def _is_progress_bar(model_id: str, state: dict) -> bool:
+    """Whether a widget is (or contains) a progress bar, as tqdm's notebook bars are."""
+    model = state.get(model_id)
+    if model is None:
+        return False
+    if model.get("model_name") in PROGRESS_MODELS:
+        return True
+    children = model.get("state", {}).get("children", [])
+    return any(_is_progress_bar(c.removeprefix("IPY_MODEL_"), state) for c in children if isinstance(c, str))
+
+
+def _clean_output(out: dict, state: dict) -> dict | None:
     if out.get("output_type") == "stream" and out.get("name") == "stderr":
         return None
     data = out.get("data")
     if data and WIDGET_VIEW in data:
+        if _is_progress_bar(data[WIDGET_VIEW].get("model_id", ""), state):
+            return None                  # a progress bar: nothing to read once the run is over
         return {"output_type": "display_data", "metadata": {}, "data": {"text/plain": [WIDGET_NOTE]}}
     return out
 
@@ -42,6 +60,7 @@ def _clean_output(out: dict) -> dict | None:
 def clean(path: Path) -> None:
     """Strip an executed notebook of what varies between identical runs (see the module docstring)."""
     nb = _read(path)
+    state = nb.get("metadata", {}).get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     for key in ("papermill", "widgets"):
         nb.get("metadata", {}).pop(key, None)
     for cell in nb["cells"]:
@@ -50,7 +69,7 @@ def clean(path: Path) -> None:
         if cell.get("metadata", {}).get("tags") == []:   # papermill adds empty tags to some cells, not others
             del cell["metadata"]["tags"]
         if cell["cell_type"] == "code":
-            cell["outputs"] = [o for o in map(_clean_output, cell.get("outputs", [])) if o is not None]
+            cell["outputs"] = [o for o in (_clean_output(x, state) for x in cell.get("outputs", [])) if o is not None]
     _write(path, nb)
 
 

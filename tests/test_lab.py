@@ -120,7 +120,13 @@ def test_clean_strips_what_varies_and_sync_copies_prose_only(tmp_path):
     ran["cells"][1]["outputs"] = [{"output_type": "stream", "name": "stderr", "text": ["10%|#"]},
                                   {"output_type": "stream", "name": "stdout", "text": ["1\n"]},
                                   {"output_type": "display_data", "metadata": {},
-                                   "data": {executed.WIDGET_VIEW: {"model_id": "x"}, "text/plain": ["w"]}}]
+                                   "data": {executed.WIDGET_VIEW: {"model_id": "x"}, "text/plain": ["w"]}},
+                                  {"output_type": "display_data", "metadata": {},
+                                   "data": {executed.WIDGET_VIEW: {"model_id": "bar"}, "text/plain": ["10%"]}}]
+    ran["metadata"]["widgets"] = {executed.WIDGET_STATE: {"state": {
+        "x": {"model_name": "VBoxModel", "state": {"children": []}},
+        "bar": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_p"]}},
+        "p": {"model_name": "FloatProgressModel", "state": {}}}}}
     s, e = tmp_path / "s.ipynb", tmp_path / "e.ipynb"
     s.write_text(json.dumps(src))
     e.write_text(json.dumps(ran))

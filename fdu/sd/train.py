@@ -297,7 +297,6 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
     Everything that can be checked is checked before the model is loaded: the options, the
     output folders, the prompts, the checkpoint to resume from and its options."""
     from accelerate import Accelerator
-    from safetensors.torch import save_file
 
     from ..checkpoints import all_finite
     from ..critics import PatchCritic
@@ -373,8 +372,16 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
                "seconds": {"setup": round(t1 - t0, 2), "train": round(t2 - t1, 2)}}
     if torch.cuda.is_available():
         summary["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    return _write_outputs(cfg, out, task.params, pipe, summary, acc)
+
+
+def _write_outputs(cfg: RunConfig, out: Path, params: dict, pipe, summary: dict, acc) -> dict:
+    """What every run writes (the main process): unlearned.safetensors (the changed tensors by name), the
+    pipeline folder and summary.json; returns the summary."""
+    from safetensors.torch import save_file
+
     if acc.is_main_process:
-        save_file({n: p.detach().float().cpu().contiguous() for n, p in task.params.items()},
+        save_file({n: p.detach().float().cpu().contiguous() for n, p in params.items()},
                   str(out / "unlearned.safetensors"), metadata={"fdu": json.dumps(asdict(cfg))})
         pipe.save_pretrained(str(out / "pipeline"))
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -385,7 +392,6 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
 def _uce_run(cfg: RunConfig, pipe, out: Path, targets, anchors, acc, t0: float) -> dict:
     """--method uce: edit the cross-attention K/V in closed form (:mod:`fdu.uce`) and write what a trained
     run writes (unlearned.safetensors, the pipeline, summary.json)."""
-    from safetensors.torch import save_file
 
     from ..checkpoints import all_finite
     from ..errors import NonFiniteError
@@ -405,13 +411,7 @@ def _uce_run(cfg: RunConfig, pipe, out: Path, targets, anchors, acc, t0: float) 
                "first_prompts": {"target": edit_targets[:3], "anchor": edit_anchors[:3]},
                "resumed_from": None, "resume": None, "skipped_steps": [], "final_loss": None,
                "seconds": {"setup": 0.0, "train": round(time.time() - t0, 2)}}
-    if acc.is_main_process:
-        save_file({n: p.detach().float().cpu().contiguous() for n, p in edited.items()},
-                  str(out / "unlearned.safetensors"), metadata={"fdu": json.dumps(asdict(cfg))})
-        pipe.save_pretrained(str(out / "pipeline"))
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    acc.wait_for_everyone()
-    return summary
+    return _write_outputs(cfg, out, edited, pipe, summary, acc)
 
 
 def _slug(concept: str) -> str:

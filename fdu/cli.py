@@ -1,4 +1,4 @@
-"""The command line: ``python -m fdu unlearn | evaluate | mini-sd | tiny-pipeline | divergences``.
+"""The command line: ``python -m fdu unlearn | evaluate | mini-sd | mini-flow | tiny-pipeline | divergences``.
 
 Examples::
 
@@ -8,7 +8,9 @@ Examples::
     python -m fdu evaluate --model runs/mini/pipeline --unlearned runs/mini-vangogh --concept "van gogh" \\
         --clip-model runs/mini/clip --eval-prompts runs/mini/eval
 
+    python -m fdu mini-flow runs/mini-flow                      # the trained mini flow-matching model (SD3)
     python -m fdu tiny-pipeline runs/tiny                       # a CPU-sized pipeline, random weights
+    python -m fdu tiny-pipeline runs/tiny-flux --family flux    # ... of SDXL, SD3 or FLUX
     python -m fdu unlearn --model runs/tiny --target "van gogh" --anchor painting \\
         --concept-type style --divergence hellinger --steps 4 --output runs/vangogh
     python -m fdu unlearn --model CompVis/stable-diffusion-v1-4 --target "van gogh" --anchor painting \\
@@ -23,6 +25,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from .sd.families import FAMILIES
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -40,7 +44,8 @@ def _unlearn_parser(sub):
 
     p = sub.add_parser(
         "unlearn", help="erase a concept from a Stable Diffusion pipeline",
-        description="Erase a concept from a Stable Diffusion 1.x/2.x pipeline with any f-divergence: the "
+        description="Erase a concept from a text-to-image pipeline (SD 1.x/2.x, SDXL, SD3, FLUX) with any "
+                    "f-divergence: the "
                     "trained model's output for the target prompt is pulled towards the original model's "
                     "output for the anchor prompt, on images the original model draws for the anchor. "
                     "Every option is a field of fdu.sd.train.RunConfig (the loop's of fdu.unlearn.UnlearnConfig).",
@@ -82,11 +87,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _unlearn_parser(sub)
     _evaluate_parser(sub)
-    t = sub.add_parser("tiny-pipeline", help="write a tiny Stable Diffusion pipeline (random weights) and a tiny CLIP")
+    t = sub.add_parser("tiny-pipeline", help="write a tiny pipeline of a model family (random weights) and a tiny CLIP")
     t.add_argument("folder")
-    t.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
-    t.add_argument("--sample-size", type=int, default=8, help="latent size (images are 8x larger)")
+    t.add_argument("--family", default="sd", choices=list(FAMILIES),
+                   help="sd: StableDiffusionPipeline (SD 1.x/2.x); sdxl: StableDiffusionXLPipeline; sd3: "
+                        "StableDiffusion3Pipeline (MMDiT, flow matching, two CLIP + a T5); flux: FluxPipeline")
+    t.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"],
+                   help="sd only (SD3 and FLUX predict a flow velocity)")
+    t.add_argument("--sample-size", type=int, default=None,
+                   help="latent size (sd: images 8x larger, default 8; the other families: 2x, default 16)")
     t.add_argument("--seed", type=int, default=0)
+    f = sub.add_parser("mini-flow", help="write the trained mini flow-matching model (SD3 format), its CLIP and "
+                       "prompt files to a folder",
+                       description="Write DIR/pipeline (a StableDiffusion3Pipeline, flow matching, trained on fdu's "
+                                   "procedural world), DIR/clip (the mini CLIP) and DIR/eval, from the weights "
+                                   "shipped with fdu; --train rebuilds the transformer from scratch instead.")
+    f.add_argument("folder")
+    f.add_argument("--train", action="store_true",
+                   help="retrain the transformer from scratch (about 25 minutes on 2 CPU cores, 38 on one; "
+                        "resumable: rerun the same command after an interruption)")
+    f.add_argument("--ship", action="store_true",
+                   help="with --train: then copy the result into the package (fdu/sd/data/mini_flow, fp16)")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
     m = sub.add_parser("mini-sd", help="write the trained mini Stable Diffusion, its CLIP and prompt files to a folder",
                        description="Write DIR/pipeline (a StableDiffusionPipeline trained on fdu's procedural "
                                    "world of shapes, colours and painters' styles), DIR/clip (its CLIP) and "
@@ -129,7 +151,8 @@ def _unlearn(args):
                   f"{summary['anchor_images']} anchor images; final loss {summary['final_loss']:.4g}; "
                   f"{summary['seconds']['train']:.1f} s training")
         print(f"  weights:  {out / 'unlearned.safetensors'}")
-        print(f"  pipeline: {out / 'pipeline'}  (StableDiffusionPipeline.from_pretrained loads it)")
+        cls = json.loads((out / "pipeline" / "model_index.json").read_text()).get("_class_name", "the pipeline's class")
+        print(f"  pipeline: {out / 'pipeline'}  ({cls}.from_pretrained loads it)")
         print(f"  resume:   add --resume; evaluate: python -m fdu evaluate --model {args.model} "
               f"--unlearned {out} --concept {concepts[0]!r}")
 
@@ -189,12 +212,34 @@ def main(argv=None) -> int:
             _evaluate(args)
         elif args.command == "tiny-pipeline":
             from .sd.pipeline import build_tiny_clip, build_tiny_pipeline
+            from .sd.tiny import build_tiny_family_pipeline
 
-            build_tiny_pipeline(args.folder, seed=args.seed, prediction_type=args.prediction_type,
-                                sample_size=args.sample_size)
+            if args.family == "sd":
+                build_tiny_pipeline(args.folder, seed=args.seed, prediction_type=args.prediction_type,
+                                    sample_size=args.sample_size or 8)
+            elif args.prediction_type != "epsilon":
+                raise ValueError(f"--prediction-type is for --family sd; {args.family} predicts "
+                                 + ("ε (the tiny SDXL)" if args.family == "sdxl" else "a flow velocity"))
+            else:
+                build_tiny_family_pipeline(args.folder, family=args.family, seed=args.seed,
+                                           sample_size=args.sample_size or 16)
             build_tiny_clip(Path(args.folder) / "clip", seed=args.seed)
-            print(f"wrote a tiny pipeline to {args.folder} (random weights: its images are noise) and a "
-                  f"tiny CLIP to {Path(args.folder) / 'clip'}")
+            print(f"wrote a tiny {args.family} pipeline to {args.folder} (random weights: its images are noise) "
+                  f"and a tiny CLIP to {Path(args.folder) / 'clip'}")
+        elif args.command == "mini-flow":
+            from .sd import mini_flow
+
+            if args.ship and not args.train:
+                raise ValueError("--ship copies a fresh build into the package: use it with --train")
+            if args.train:
+                folder = mini_flow.train(args.folder, progress=not args.quiet)
+                if args.ship:
+                    mini_flow.ship(folder, extra=json.loads((folder / "manifest.json").read_text()))
+                    print("shipped to", mini_flow.SHIPPED)
+            else:
+                folder = mini_flow.write(args.folder)
+            print(f"wrote the mini flow-matching model to {folder / 'pipeline'}, the mini CLIP to {folder / 'clip'} "
+                  f"and evaluation prompts to {folder / 'eval'}")
         elif args.command == "mini-sd":
             from .sd import mini
 

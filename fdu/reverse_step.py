@@ -46,6 +46,10 @@ def epsilon_scale(scheduler, t: torch.Tensor) -> torch.Tensor:
     """Per-sample factor s_t with Δε = s_t · Δoutput at a fixed x_t, from the scheduler's prediction
     type: 1 for ε; √ᾱ_t for v (ε = √ᾱ_t v + √(1−ᾱ_t) x_t); √(ᾱ_t / (1−ᾱ_t)) for x₀ ("sample"),
     up to a sign that a squared distance does not see. float32."""
+    from .flow import is_flow
+
+    if is_flow(scheduler):   # a flow-matching model's v: Δε = (1 − t) Δv
+        return scheduler.epsilon_scale(t)
     kind = scheduler.config.get("prediction_type", "epsilon")
     if kind not in PREDICTION_TYPES:
         raise ValueError(f"the prediction type {kind!r} is not one of {PREDICTION_TYPES}")
@@ -82,7 +86,12 @@ def reverse_mean(scheduler, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tenso
 def delta2_factor(scheduler, t: torch.Tensor, variance: str = "posterior") -> torch.Tensor:
     """c_t = β_t² / (σ_t² α_t (1−ᾱ_t)), per timestep (float64): δ² = c_t ‖Δε‖² between the two
     reverse steps t → t−1 at a fixed x_t. ``variance``: ``"posterior"`` (σ_t² = β̃_t) or ``"beta"``
-    (σ_t² = β_t); at t = 0 both use β_0 (see the module docstring)."""
+    (σ_t² = β_t); at t = 0 both use β_0 (see the module docstring). A flow-matching schedule
+    (:class:`fdu.flow.FlowSchedule`) gives its own c with δ² = c ‖Δv‖² (:mod:`fdu.flow`)."""
+    from .flow import is_flow
+
+    if is_flow(scheduler):
+        return scheduler.delta2_factor(t, variance)
     var = reverse_variance(scheduler, t, variance)
     abar, prev = _schedule(scheduler, t)
     alpha = abar / prev
@@ -90,7 +99,12 @@ def delta2_factor(scheduler, t: torch.Tensor, variance: str = "posterior") -> to
 
 
 def output_delta2_factor(scheduler, t: torch.Tensor, variance: str = "posterior") -> torch.Tensor:
-    """c_t s_t² (float64): δ² = c_t s_t² ‖Δoutput‖² for the scheduler's prediction type (ε, v, x₀)."""
+    """c_t s_t² (float64): δ² = c_t s_t² ‖Δoutput‖² for the scheduler's prediction type (ε, v, x₀); for a
+    flow-matching schedule, c_t ‖Δv‖² (its output is v)."""
+    from .flow import is_flow
+
+    if is_flow(scheduler):
+        return scheduler.delta2_factor(t, variance)
     return delta2_factor(scheduler, t, variance) * epsilon_scale(scheduler, t).double() ** 2
 
 

@@ -20,13 +20,16 @@ import torch
 
 
 def model_fingerprint(pipe) -> str:
-    """A hash of what makes a pipeline's latents: the UNet's and the text encoder's tensors (names,
-    shapes, dtypes and, per tensor, the float64 sum and sum of absolute values), the scheduler's
-    config and the tokenizer's vocabulary size. One pass over the weights (on a GPU: milliseconds)."""
+    """A hash of what makes a pipeline's latents: the denoiser's (UNet or transformer) and the text
+    encoders' tensors (names, shapes, dtypes and, per tensor, the float64 sum and sum of absolute values),
+    the scheduler's config and the tokenizer's vocabulary size. One pass over the weights (on a GPU:
+    milliseconds)."""
+    from .families import weight_owners
+
     names, stats = [], []
     with torch.no_grad():
-        for owner in ("unet", "text_encoder"):
-            for name, t in getattr(pipe, owner).state_dict().items():
+        for owner, module in weight_owners(pipe).items():
+            for name, t in module.state_dict().items():
                 names.append(f"{owner}.{name}:{tuple(t.shape)}:{t.dtype}")
                 if t.is_floating_point():
                     stats.append(torch.stack([t.double().sum(), t.double().abs().sum()]))
@@ -77,14 +80,15 @@ def generate_anchor_latents(pipe, prompts: Sequence[str], n: int, root, *, heigh
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
+    from .families import default_size, denoiser_of, latent_channels, latent_size, pack, unpack
+
     prompts = list(prompts)
     if not prompts:
         raise ValueError("anchor prompts must be a non-empty list")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    scale = getattr(pipe, "vae_scale_factor", 8)
-    height = height or pipe.unet.config.sample_size * scale
-    width = width or pipe.unet.config.sample_size * scale
+    height = height or default_size(pipe)
+    width = width or default_size(pipe)
     folder = anchor_folder(root, pipe, prompts, height=height, width=width, steps=steps,
                            guidance=guidance, seed=seed, negative_prompt=negative_prompt)
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,18 +98,19 @@ def generate_anchor_latents(pipe, prompts: Sequence[str], n: int, root, *, heigh
     cached = {i: _read_latent(folder / f"{i:05d}.safetensors", warn) for i in range(n)
               if (folder / f"{i:05d}.safetensors").is_file()}
     missing = [i for i in range(n) if cached.get(i) is None]
-    device = pipe.unet.device
+    net = denoiser_of(pipe)
+    device = net.device
     bar = tqdm(total=len(missing), disable=not progress or not missing, desc="anchor images", leave=False)
     for start in range(0, len(missing), batch_size):
         idx = missing[start:start + batch_size]
         gens = [torch.Generator(device="cpu").manual_seed(seed + i) for i in idx]
-        shape = (1, pipe.unet.config.in_channels, height // scale, width // scale)
-        noise = torch.cat([torch.randn(shape, generator=g) for g in gens]).to(device, pipe.unet.dtype)
+        shape = (1, latent_channels(pipe), *latent_size(pipe, height, width))
+        noise = torch.cat([torch.randn(shape, generator=g) for g in gens]).to(device, net.dtype)
         out = pipe([prompts[i % len(prompts)] for i in idx], height=height, width=width,
-                   num_inference_steps=steps, guidance_scale=guidance, latents=noise,
+                   num_inference_steps=steps, guidance_scale=guidance, latents=pack(pipe, noise),
                    negative_prompt=[negative_prompt] * len(idx) if negative_prompt else None,
                    output_type="latent")
-        latents = out.images.float().cpu()
+        latents = unpack(pipe, out.images, height, width).float().cpu()
         for j, i in enumerate(idx):
             tmp = folder / f"{i:05d}.tmp"
             save_file({"latent": latents[j].contiguous()}, str(tmp), metadata={"prompt": prompts[i % len(prompts)]})
@@ -120,7 +125,9 @@ def generate_anchor_latents(pipe, prompts: Sequence[str], n: int, root, *, heigh
 
 @torch.no_grad()
 def decode_to_pil(pipe, latents: torch.Tensor):
-    """Latents (already scaled by the VAE's scaling factor) to PIL images."""
+    """Latents (the model's: scaled by the VAE's scaling factor, and shifted for SD3 and FLUX) to PIL images."""
+    from .families import to_vae_latents
+
     vae = pipe.vae
-    x = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
+    x = vae.decode(to_vae_latents(pipe, latents.to(vae.device, vae.dtype))).sample
     return pipe.image_processor.postprocess(x.float().cpu(), output_type="pil")

@@ -34,10 +34,10 @@ def load_checkpoint_into(pipe, path, group: str = "kv") -> list:
     """Put the trained tensors of an unlearning checkpoint (``checkpoints/step_N.safetensors``) into
     ``pipe``; returns the original values (to restore with :func:`restore`)."""
     from ..checkpoints import load_checkpoint
-    from .train import Denoiser, select_parameters
+    from .families import select
 
     tensors, _ = load_checkpoint(path)
-    params = list(select_parameters(Denoiser(pipe.unet, pipe.text_encoder, pipe.tokenizer), group).values())
+    params = list(select(pipe, group).values())
     original = [p.detach().clone() for p in params]
     with torch.no_grad():
         for i, p in enumerate(params):
@@ -92,10 +92,11 @@ class Bench:
         x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in self.base["retained"]]))
         x = x.permute(0, 3, 1, 2).float() / 127.5 - 1
         vae = self.pipe.vae
-        x0 = vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean.float().cpu() * vae.config.scaling_factor
+        from .families import from_vae_latents
         from .pipeline import training_scheduler
 
-        sched = training_scheduler(self.pipe)
+        x0 = from_vae_latents(self.pipe, vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean.float().cpu())
+        sched = self._sched = training_scheduler(self.pipe, tuple(x0.shape[-2:]))
         t = torch.randint(50, int(sched.config.num_train_timesteps) - 50, (len(x0),), generator=g)
         self._x_t = sched.add_noise(x0, torch.randn(x0.shape, generator=g), t)
         self._t, self._prompts = t, list(self.retained_prompts)
@@ -103,10 +104,10 @@ class Bench:
 
     @torch.no_grad()
     def _eps(self):
-        from .train import Denoiser
+        from .families import FamilyDenoiser
 
-        d = Denoiser(self.pipe.unet, self.pipe.text_encoder, self.pipe.tokenizer)
-        out = [d(self._x_t[i:i + 32].to(self.pipe.unet.device), self._t[i:i + 32], self._prompts[i:i + 32])
+        d = FamilyDenoiser(self.pipe, self._sched)
+        out = [d(self._x_t[i:i + 32].to(d.net.device), self._t[i:i + 32], self._prompts[i:i + 32])
                for i in range(0, len(self._t), 32)]
         return torch.cat(out).float().cpu()
 
@@ -199,7 +200,9 @@ def swap_in(pipe, path) -> list:
     """Put the tensors of an ``unlearned.safetensors`` into ``pipe``; returns what :func:`restore` needs."""
     from safetensors.torch import load_file
 
-    modules = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+    from .families import weight_owners
+
+    modules = weight_owners(pipe)
     swapped = []
     for name, value in load_file(str(path)).items():
         owner, _, rest = name.partition(".")

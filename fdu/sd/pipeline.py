@@ -1,7 +1,8 @@
-"""Loading a Stable Diffusion pipeline (hub id or local folder), and a tiny one built from configs.
+"""Loading a pipeline (hub id or local folder), and a tiny one built from configs.
 
-Any diffusers text-to-image pipeline of the Stable Diffusion 1.x / 2.x family loads through
-:func:`load_pipeline`: ε- or v-prediction is read from its scheduler config. Nothing is downloaded when
+A diffusers text-to-image pipeline of any family of :mod:`fdu.sd.families` (SD 1.x/2.x, SDXL, SD3,
+FLUX) loads through :func:`load_pipeline`, its class read from ``model_index.json``: ε- or v-prediction
+from its scheduler config, flow matching for SD3 and FLUX. Nothing is downloaded when
 ``HF_HUB_OFFLINE=1`` (or ``local_files_only=True``); a model that is neither a local folder nor in the
 hub cache raises :class:`ModelNotAvailableError` with what to do.
 
@@ -130,8 +131,9 @@ def build_sd1_pipeline(folder=None, *, seed: int = 0):
 
 def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
                   local_files_only: bool | None = None, progress: bool = True):
-    """A StableDiffusionPipeline from a hub id or a local folder, safety checker off, progress bars
-    off, on ``device`` in ``dtype``. Offline (``HF_HUB_OFFLINE=1``, the default on machines without a
+    """A pipeline of a supported family (:data:`fdu.sd.families.FAMILIES`) from a hub id or a local folder,
+    safety checker off, progress bars off, on ``device`` in ``dtype``; components saved as absent (SD3
+    without T5) stay absent. Offline (``HF_HUB_OFFLINE=1``, the default on machines without a
     hub) only local folders and the hub cache are used. ``progress=False``: no loading bars either."""
     if not progress:
         from diffusers.utils import logging as diffusers_logging
@@ -144,7 +146,7 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, device: str
         finally:
             diffusers_logging.enable_progress_bar()
             transformers_logging.enable_progress_bar()
-    from diffusers import StableDiffusionPipeline
+    from .families import family_of_class, pipeline_class
 
     if not model or not str(model).strip():
         raise ValueError("model must be a hub id (e.g. 'CompVis/stable-diffusion-v1-4') or a local "
@@ -157,10 +159,14 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, device: str
         raise ModelNotAvailableError(
             f"{model!r} is not a diffusers pipeline folder (no model_index.json there). Pass a folder "
             "written by save_pretrained, a hub id, or build a tiny one with `python -m fdu tiny-pipeline DIR`")
+    index = _model_index(model, path, looks_local, local_files_only)
+    family = family_of_class(str(index.get("_class_name")))   # an unsupported class: a clear error, first
+    absent = {name: None for name, value in index.items() if isinstance(value, list) and value and value[0] is None}
+    if family == "sd":
+        absent.update(safety_checker=None, requires_safety_checker=False)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            str(path) if looks_local else model, dtype=dtype, safety_checker=None,
-            requires_safety_checker=False, local_files_only=local_files_only)
+        pipe = pipeline_class(family).from_pretrained(
+            str(path) if looks_local else model, dtype=dtype, local_files_only=local_files_only, **absent)
     except Exception as err:  # diffusers, transformers and safetensors each raise their own kinds
         if looks_local:
             raise ModelNotAvailableError(
@@ -179,15 +185,39 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, device: str
     return pipe.to(device)
 
 
+def _model_index(model: str, path: Path, looks_local: bool, local_files_only: bool) -> dict:
+    """The pipeline's model_index.json (a folder's, or a hub id's from the cache or the hub)."""
+    if looks_local:
+        try:
+            return json.loads((path / "model_index.json").read_text())
+        except (OSError, ValueError) as err:
+            raise ModelNotAvailableError(f"cannot read {path / 'model_index.json'}: {err}") from err
+    from diffusers import DiffusionPipeline
+
+    try:
+        return dict(DiffusionPipeline.load_config(model, local_files_only=local_files_only))
+    except (OSError, ValueError) as err:
+        raise ModelNotAvailableError(
+            f"cannot load {model!r}: it is not a local folder and not in the local hub cache"
+            f"{' (offline: HF_HUB_OFFLINE=1)' if local_files_only else ''}. Download it once on a machine "
+            "with access (`huggingface-cli download ID`) and pass the folder, or build a tiny pipeline "
+            f"for a CPU check with `python -m fdu tiny-pipeline DIR`. ({type(err).__name__}: {str(err)[:200]})"
+        ) from err
+
+
 def prediction_type(pipe) -> str:
-    return pipe.scheduler.config.get("prediction_type", "epsilon")
+    """"epsilon", "v_prediction" or "sample" (UNets, from the scheduler config), "flow" (SD3, FLUX)."""
+    from .families import prediction_type as of
+
+    return of(pipe)
 
 
-def training_scheduler(pipe):
-    """The DDPMScheduler with the pipeline's noise schedule and prediction type (for x_t = add_noise)."""
-    from diffusers import DDPMScheduler
+def training_scheduler(pipe, latent_hw: tuple[int, int] | None = None):
+    """The DDPMScheduler with the pipeline's noise schedule and prediction type (for x_t = add_noise), or
+    the flow-matching schedule of SD3 and FLUX (:func:`fdu.sd.families.training_schedule`)."""
+    from .families import training_schedule
 
-    return DDPMScheduler.from_config(pipe.scheduler.config)
+    return training_schedule(pipe, latent_hw)
 
 
 def build_tiny_clip(folder, *, seed: int = 0) -> Path:

@@ -1,19 +1,23 @@
-"""Stable Diffusion unlearning through the one loop of :mod:`fdu.unlearn`.
+"""Stable Diffusion unlearning (SD 1.x/2.x, SDXL, SD3, FLUX) through the one loop of :mod:`fdu.unlearn`.
 
 :func:`unlearning_task` turns a pipeline, aligned (target, anchor) prompts and anchor latents into a
 :class:`fdu.unlearn.Task`; :func:`run` does everything the command line does: load the pipeline, build
 the prompts, generate (or reuse) just enough anchor images, train with any divergence on the chosen
 parameter group, checkpoint, and write the changed weights and a loadable pipeline folder.
 
-Parameter groups (``PARAMETER_GROUPS``): ``kv`` — the cross-attention key/value projections
-``attn2.to_k`` / ``attn2.to_v`` (the official default); ``attention`` — every attention projection of
-the UNet; ``cross_attention`` — every parameter of the cross-attention blocks ``attn2`` (ESD-x);
-``non_cross_attention`` — every UNet parameter outside them (ESD-u); ``unet`` — the whole UNet;
-``embedding`` — the text encoder's token embedding. With ``method="esd"`` the images noised for training
-are the frozen model's images of the *target* prompts, and the anchor prompts (the empty prompt in ESD)
-only enter the reference (:func:`fdu.unlearn.reference_output`). The frozen
-reference is :class:`fdu.unlearn.SwappedReference`: the original values of the trained parameters
-only, never a second UNet.
+What differs between the families (conditioning, latents, the training schedule: DDPM for UNets, flow
+matching for SD3 and FLUX) lives in :mod:`fdu.sd.families`. Parameter groups (``PARAMETER_GROUPS``),
+UNets: ``kv`` — the cross-attention key/value projections ``attn2.to_k`` / ``attn2.to_v`` (the official
+default); ``attention`` — every attention projection of the UNet; ``cross_attention`` — every parameter
+of the cross-attention blocks ``attn2`` (ESD-x); ``non_cross_attention`` — every UNet parameter outside
+them (ESD-u); ``unet`` — the whole UNet. MMDiTs (SD3, FLUX): ``kv`` — the text stream's key/value
+projections of the joint-attention blocks (``attn.add_k_proj`` / ``attn.add_v_proj``); ``attention``;
+``transformer``. Every family: ``embedding`` — the text encoders' token embeddings.
+
+With ``method="esd"`` the images noised for training are the frozen model's images of the *target*
+prompts, and the anchor prompts (the empty prompt in ESD) only enter the reference
+(:func:`fdu.unlearn.reference_output`). The frozen reference is :class:`fdu.unlearn.SwappedReference`:
+the original values of the trained parameters only, never a second denoiser.
 """
 from __future__ import annotations
 
@@ -24,59 +28,26 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..options import option, override
 from ..unlearn import UnlearnConfig
+from .families import PARAMETER_GROUPS, FamilyDenoiser, groups_help
 from .prompts import CONCEPT_TYPES
 
-PARAMETER_GROUPS = ("kv", "attention", "cross_attention", "non_cross_attention", "unet", "embedding")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 
-
-class Denoiser(nn.Module):
-    """UNet + text encoder as one module: ``denoiser(x_t, t, prompts)`` is the UNet's output for the
-    prompts' text embeddings. The text encoder runs without gradients unless its embedding is trained."""
-
-    def __init__(self, unet, text_encoder, tokenizer):
-        super().__init__()
-        self.unet, self.text_encoder, self.tokenizer = unet, text_encoder, tokenizer
-
-    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
-        position = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
-        ids = self.tokenizer(list(position), padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.unet.device)
-        train_text = any(p.requires_grad for p in self.text_encoder.parameters())
-        with torch.set_grad_enabled(train_text and torch.is_grad_enabled()):
-            states = self.text_encoder(ids)[0]
-        index = torch.tensor([position[p] for p in prompts], device=states.device)
-        return states[index]
-
-    def forward(self, x_t, t, prompts):
-        states = self.encode(prompts).to(self.unet.dtype)
-        return self.unet(x_t.to(self.unet.dtype), t.to(x_t.device), encoder_hidden_states=states).sample
+#: the denoiser of every family (UNet or MMDiT + text encoders as one module): ``denoiser(x_t, t, prompts)``
+Denoiser = FamilyDenoiser
 
 
-def select_parameters(denoiser: Denoiser, group: str) -> dict:
-    """name -> parameter of a group (see ``PARAMETER_GROUPS``); marks them trainable, the rest frozen."""
+def select_parameters(denoiser: FamilyDenoiser, group: str) -> dict:
+    """name -> parameter of a group (:data:`fdu.sd.families.PARAMETER_GROUPS`, per family); marks them
+    trainable, the rest frozen. A group the architecture does not have is a ValueError naming its groups."""
+    from .families import select
+
     if group not in PARAMETER_GROUPS:
         raise ValueError(f"parameter group must be one of {PARAMETER_GROUPS}, got {group!r}")
-    for p in denoiser.parameters():
-        p.requires_grad_(False)
-    if group == "embedding":
-        emb = denoiser.text_encoder.get_input_embeddings().weight
-        chosen = {"text_encoder." + n: p for n, p in denoiser.text_encoder.named_parameters() if p is emb}
-    else:
-        from ..layers import is_attention, is_cross_attention, is_cross_attention_kv
-
-        keep = {"kv": is_cross_attention_kv, "attention": is_attention, "cross_attention": is_cross_attention,
-                "non_cross_attention": lambda name: not is_cross_attention(name)}.get(group, lambda name: True)
-        chosen = {"unet." + n: p for n, p in denoiser.unet.named_parameters() if keep(n)}
-    if not chosen:
-        raise ValueError(f"the parameter group {group!r} selects nothing in this model")
-    for p in chosen.values():
-        p.requires_grad_(True)
-    return chosen
+    return select(denoiser.pipe, group)
 
 
 def unlearning_task(pipe, target_prompts: Sequence[str], anchor_prompts: Sequence[str],
@@ -88,14 +59,15 @@ def unlearning_task(pipe, target_prompts: Sequence[str], anchor_prompts: Sequenc
     latents left-right (the official ``--hflip``). ``mask_border``: leave this many latent pixels at
     each edge out of the closed-form loss (the official mask without augmentation leaves out 1)."""
     from ..unlearn import AnchorBatch, Task
-    from .pipeline import training_scheduler
+    from .families import training_schedule
 
     if len(target_prompts) != len(anchor_prompts) or not target_prompts:
         raise ValueError("target and anchor prompts must be non-empty and aligned (one pair per caption), "
                          f"got {len(target_prompts)} and {len(anchor_prompts)}")
-    denoiser = Denoiser(pipe.unet, pipe.text_encoder, pipe.tokenizer)
+    schedule = training_schedule(pipe, tuple(anchor_latents.shape[-2:]))
+    denoiser = FamilyDenoiser(pipe, schedule)
     named = select_parameters(denoiser, group)
-    latents = anchor_latents.to(pipe.unet.device)
+    latents = anchor_latents.to(denoiser.net.device)
     owner = torch.arange(len(latents)) % len(anchor_prompts)
 
     def sample_anchor_x0(n, gen):
@@ -111,7 +83,7 @@ def unlearning_task(pipe, target_prompts: Sequence[str], anchor_prompts: Sequenc
         return model(x_t, t, [prompts] * x_t.shape[0] if isinstance(prompts, str) else prompts)
 
     task = Task(model=denoiser, forward=forward, sample_anchor_x0=sample_anchor_x0,
-                scheduler=training_scheduler(pipe), params=named)
+                scheduler=schedule, params=named)
     if mask_border < 0 or 2 * mask_border >= min(latents.shape[-2:]):
         raise ValueError(f"mask_border must be >= 0 and leave some of the {tuple(latents.shape[-2:])} latent "
                          f"positions, got {mask_border}")
@@ -151,9 +123,7 @@ class RunConfig(UnlearnConfig):
                                      "as the mini model does, else the shipped captions)", group=ERASE)
     preserve: tuple = option((), "prompts whose outputs --preservation-weight holds to the original "
                              "model's (e.g. the retained artists' names)", group=ERASE, nargs="*")
-    group: str = option("kv", "what to train: cross-attention K/V (official), all attention, all of "
-                        "cross-attention (ESD-x), all but cross-attention (ESD-u), the full UNet, the token "
-                        "embedding", group="training", flag="--params", choices=PARAMETER_GROUPS)
+    group: str = option("kv", groups_help(), group="training", flag="--params", choices=PARAMETER_GROUPS)
     mixed_precision: str = option("no", "autocast dtype of the forward passes (losses stay float32)",
                                   group="training", choices=MIXED_PRECISIONS)
     resume: bool = option(False, "continue from the latest checkpoint in --output", group="training")
@@ -250,6 +220,24 @@ def check_known_concepts(cfg: RunConfig):
                              f"objects {', '.join(known.get('objects', []))}")
 
 
+def check_family_options(cfg: RunConfig):
+    """For a local pipeline folder, before anything is loaded: its family is one fdu.sd unlearns, the
+    parameter group exists in its architecture, and the method applies to it (UCE edits a UNet's
+    cross-attention)."""
+    from .families import family_of_class, groups_of, read_model_index
+
+    if not (Path(cfg.model) / "model_index.json").is_file():
+        return
+    family = family_of_class(read_model_index(cfg.model).get("_class_name"))
+    if cfg.group not in groups_of(family):
+        from .families import _group_predicate
+
+        _group_predicate(family, cfg.group)   # raises, naming the family's groups
+    if cfg.method == "uce" and family != "sd":
+        raise ValueError(f"--method uce edits the cross-attention K/V of one CLIP text encoder's states (SD 1.x/2.x); "
+                         f"{cfg.model} is a {family!r} pipeline: use --method ca or esd")
+
+
 def check_prompts(cfg: RunConfig, targets, anchors, tokenizer, log=print):
     """Warnings for what trains but is probably not meant: the target equal to the anchor, prompts
     longer than the text encoder reads (cut, so their end is not trained)."""
@@ -304,11 +292,13 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
     from ..paths import writable_folder
     from ..unlearn import unlearn
     from .anchors import generate_anchor_latents
-    from .pipeline import load_pipeline, prediction_type
+    from .families import family_of, latent_channels, prediction_type
+    from .pipeline import load_pipeline
     from .prompts import build_prompts
 
     cfg.check()
     check_known_concepts(cfg)
+    check_family_options(cfg)
     if not isinstance(cfg.target, str) and not cfg.joint:
         return run_sequence(cfg, accelerator=accelerator, log=log)
     out = writable_folder(cfg.output, "--output")
@@ -356,14 +346,15 @@ def run(cfg: RunConfig, accelerator=None, log=print) -> dict:
     critic = None
     if cfg.variational:
         torch.manual_seed(cfg.seed)
-        critic = PatchCritic(pipe.unet.config.in_channels).to(acc.device)
+        critic = PatchCritic(latent_channels(pipe)).to(acc.device)
     t1 = time.time()
     result = unlearn(task, cfg, critic=critic, accelerator=acc, resume_from=resume_from,
                      checkpoint_info={"anchor_images": n_images})
     t2 = time.time()
     if not all_finite(task.params.values()):   # the loop checks every update; this guards the files
         raise NonFiniteError("the trained parameters hold inf or NaN; nothing was written")
-    summary = {"config": asdict(cfg), "processes": acc.num_processes, "prediction_type": prediction_type(pipe),
+    summary = {"config": asdict(cfg), "processes": acc.num_processes, "family": family_of(pipe),
+               "prediction_type": prediction_type(pipe),
                "trained_parameters": sum(p.numel() for p in task.params.values()), "anchor_images": n_images,
                "first_prompts": {"target": targets[:3], "anchor": anchors[:3]},
                "resumed_from": str(resume_from) if resume_from else None, "resume": result.resume,
@@ -396,8 +387,11 @@ def _uce_run(cfg: RunConfig, pipe, out: Path, targets, anchors, acc, t0: float) 
     from ..checkpoints import all_finite
     from ..errors import NonFiniteError
     from ..uce import concept_texts, uce_edit
-    from .pipeline import prediction_type
+    from .families import family_of, prediction_type
 
+    if family_of(pipe) != "sd":
+        raise ValueError(f"--method uce edits SD 1.x/2.x cross-attention; this is a {family_of(pipe)!r} pipeline: use "
+                         "--method ca or esd")
     edit_targets, edit_anchors = [], []
     for concept in _concepts(cfg):
         t, a = concept_texts(concept, cfg.anchor)
@@ -467,8 +461,10 @@ def load_unlearned(pipe, path) -> list:
     returns the names changed."""
     from safetensors.torch import load_file
 
+    from .families import weight_owners
+
     weights = load_file(str(path))
-    modules = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+    modules = weight_owners(pipe)
     for name, value in weights.items():
         owner, _, rest = name.partition(".")
         param = modules[owner].get_parameter(rest)

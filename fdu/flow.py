@@ -28,6 +28,10 @@ and ``tests/test_flow.py`` checks it by sampling the steps):
 
     As Δt → 0 the posterior step's c and the SDE's (η = 1) agree: c ≈ 2 (1 − t) Δt / t.
 
+``"renoise"`` — diffusers' ``FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)``: x̂₀ = x_t − t v̂,
+    then fresh noise at s, x_s = (1 − s) x̂₀ + s ε', so μ = (1 − s) x_t − (1 − s) t v̂, variance s²,
+    c = (1 − s)² t² / s² (needs s > 0). ``tests/test_flow.py`` checks it against diffusers' own step.
+
 :class:`FlowSchedule` is the training side: timestep k ∈ [0, N) has noise level t_k, the grid of diffusers'
 ``FlowMatchEulerDiscreteScheduler`` ((k + 1)/N under its ``shift``), and the step from t_k goes to
 t_{k−1} (t_{−1} = 0). The unlearning loop takes it where it takes a DDPM scheduler: ``add_noise``,
@@ -40,7 +44,7 @@ import math
 
 import torch
 
-SAMPLERS = ("posterior", "beta", "sde")
+SAMPLERS = ("posterior", "beta", "sde", "renoise")
 
 
 def _as64(t) -> torch.Tensor:
@@ -86,6 +90,12 @@ def step_mean_variance(t, s, sampler: str = "posterior", eta: float = 1.0):
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if sampler == "sde":
         return sde_step(t, s, eta)
+    if sampler == "renoise":
+        t, s = _as64(t), _as64(s)
+        _check_times(t, s)
+        if bool((s <= 0).any()):
+            raise ValueError("the renoise step to s = 0 adds no noise (its divergence is infinite): use s > 0")
+        return 1 - s, -(1 - s) * t, s ** 2
     a, b, post, beta = posterior_step(t, s)
     var = beta if sampler == "beta" else torch.where(_as64(s) > 0, post, beta)
     return a, b, var

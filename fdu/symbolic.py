@@ -234,3 +234,39 @@ def registry_markdown(rows=None) -> str:
         lines.append(f"| `{r['name']}` | {tex(r['f'])} | {conj_text} | {dom} | "
                      f"{tex(r['activation'])} | {f2} | {closed} |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- flow matching (notebook 08)
+
+def flow_reverse_steps() -> dict:
+    """The stochastic reverse steps of a rectified flow x_t = (1 − t) x₀ + t ε, derived in sympy (one
+    coordinate; the steps are isotropic): for each sampler, the mean μ(x_t, v̂), the variance, ∂μ/∂v̂ and
+    c = (∂μ/∂v̂)² / variance, so δ² = c ‖Δv‖² (our derivation; :mod:`fdu.flow` has the same in torch).
+
+    * ``posterior``: q(x_s | x_t, x₀) by Bayes' rule, completing the square in x_s of
+      log q(x_t | x_s) + log q(x_s | x₀), then x₀ = x_t − t v̂;
+    * ``sde``: one Euler–Maruyama step of dx = [v − ½ g² ∇log p] dt + g dW̄ backwards by Δt = t − s, with
+      ∇log p = −(x_t + (1 − t) v̂)/t and g² = 2η t/(1 − t);
+    * ``renoise``: x̂₀ = x_t − t v̂ then x_s = (1 − s) x̂₀ + s ε' (diffusers' stochastic sampling)."""
+    xs, xt, x0, vh = sp.symbols("x_s x_t x_0 vhat", real=True)
+    ts, ss, eta = sp.symbols("t s eta", positive=True)
+    a_ts = (1 - ts) / (1 - ss)
+    var_ts = sp.simplify(ts ** 2 - a_ts ** 2 * ss ** 2)
+    log_post = -(xt - a_ts * xs) ** 2 / (2 * var_ts) - (xs - (1 - ss) * x0) ** 2 / (2 * ss ** 2)
+    poly = sp.Poly(sp.expand(log_post), xs)
+    precision = sp.simplify(-2 * poly.coeff_monomial(xs ** 2))
+    mean = sp.simplify(poly.coeff_monomial(xs) / precision).subs(x0, xt - ts * vh)
+    out = {"posterior": {"mean": sp.simplify(mean), "variance": sp.factor(sp.simplify(1 / precision))},
+           "symbols": {"x_t": xt, "v": vh, "t": ts, "s": ss, "eta": eta}, "transition_variance": var_ts}
+    g2, dt = 2 * eta * ts / (1 - ts), ts - ss
+    score = -(xt + (1 - ts) * vh) / ts
+    out["sde"] = {"mean": sp.simplify(xt - dt * (vh - g2 / 2 * score)), "variance": sp.simplify(g2 * dt)}
+    out["renoise"] = {"mean": sp.expand((1 - ss) * (xt - ts * vh)), "variance": ss ** 2}
+    for name in ("posterior", "sde", "renoise"):
+        step = out[name]
+        slope = sp.simplify(sp.diff(step["mean"], vh))
+        step["dmean_dv"] = slope
+        step["linear_in_v"] = sp.simplify(sp.diff(step["mean"], vh, 2)) == 0 and not slope.has(xt, vh)
+        step["variance_free_of_model"] = not sp.sympify(step["variance"]).has(vh, xt)
+        step["c"] = sp.factor(sp.simplify(slope ** 2 / step["variance"]))
+    return out

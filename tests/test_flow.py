@@ -174,3 +174,24 @@ def test_bad_input_gets_clear_errors():
         flow.FlowSchedule(1000).add_noise(torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([1000]))
     with pytest.raises(ValueError, match="kind"):
         flow.velocity_from(torch.zeros(1), torch.zeros(1), 0.5, "v_prediction")
+
+
+def test_the_sympy_derivation_gives_gaussian_steps_linear_in_v_and_the_factors_fdu_uses():
+    import sympy as sp
+
+    from fdu.symbolic import flow_reverse_steps
+
+    r = flow_reverse_steps()
+    sym = r["symbols"]
+    for sampler in ("posterior", "sde", "renoise"):
+        step = r[sampler]
+        assert step["linear_in_v"] and step["variance_free_of_model"]
+        c = sp.lambdify((sym["t"], sym["s"], sym["eta"]), step["c"])
+        mean = sp.lambdify((sym["x_t"], sym["v"], sym["t"], sym["s"], sym["eta"]), step["mean"])
+        for t, s, eta in ((0.6, 0.5, 1.0), (0.9, 0.2, 0.5), (0.3, 0.29, 2.0)):
+            assert c(t, s, eta) == pytest.approx(float(flow.delta2_factor(t, s, sampler, eta)), rel=1e-12)
+            got = flow.reverse_mean(torch.tensor([0.7]), torch.tensor([-0.4]), t, s, sampler, eta)
+            assert mean(0.7, -0.4, t, s, eta) == pytest.approx(float(got), rel=1e-6)
+    # the posterior's c in the factored form sympy finds: (t − s)(t + s − 2ts)/s²
+    t, s = sym["t"], sym["s"]
+    assert sp.simplify(r["posterior"]["c"] - (t - s) * (t + s - 2 * t * s) / s ** 2) == 0

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 EXECUTED  := notebooks/executed
 
-.PHONY: install test figures paper bench clean help mini-sd lab executed
+.PHONY: install test figures paper bench clean help mini-sd mini-flow lab executed
 
 help:
 	@echo "make figures   run every notebook with papermill: figures/ and paper/results/, then paper/"
@@ -17,6 +17,7 @@ help:
 	@echo "make executed  copy edited prose into notebooks/executed/ and check that none is stale"
 	@echo "make bench     benchmarks (speed of the losses, wall time of make test / figures)"
 	@echo "make mini-sd   retrain the shipped mini Stable Diffusion from scratch (~40 min on 2 CPU cores)"
+	@echo "make mini-flow retrain the shipped mini flow-matching model's transformer (~35 min on one CPU core)"
 
 install: $(STAMP)
 
@@ -66,6 +67,9 @@ bench: install
 # (resumable), then ships them into fdu/sd/data/mini with a manifest of the recipe and measured quality
 mini-sd: install
 	HF_HUB_OFFLINE=1 $(PY) -m fdu mini-sd runs/mini-sd --train --ship
+
+mini-flow: install
+	HF_HUB_OFFLINE=1 $(PY) -m fdu mini-flow runs/mini-flow --train --ship
 
 clean:
 	rm -rf .pytest_cache scratch

@@ -230,3 +230,84 @@ class FlowSchedule:
 def is_flow(scheduler) -> bool:
     """Whether a training schedule is flow matching (a :class:`FlowSchedule`)."""
     return isinstance(scheduler, FlowSchedule)
+
+
+def monte_carlo_divergences(sampler: str, names, delta2_values, *, t: float = 0.5, s: float = 0.45,
+                            dim: int = 16, n: int = 100_000, seed: int = 0, draw=None) -> list:
+    """For each δ² in ``delta2_values``: two velocities at one x_t whose steps t → s are δ² apart (by
+    :func:`delta2_factor`), n draws x_s of the frozen model's step, and E_q[f(p/q)] estimated over them with
+    the two steps' Gaussian densities, for each divergence in ``names``, beside the closed form at δ².
+    ``draw(x_t, v, n, generator)`` samples the step (default :func:`sample_step`; notebook 08 passes
+    diffusers' own stochastic step for ``"renoise"``). Rows: sampler, divergence, δ², estimate, its
+    standard error, exact."""
+    from .divergences import get_divergence
+    from .gaussian import gaussian_divergence
+
+    gen = torch.Generator().manual_seed(seed)
+    a, b, var = step_mean_variance(t, s, sampler)
+    c = delta2_factor(t, s, sampler)
+    rows = []
+    for d2 in delta2_values:
+        x_t = torch.randn(dim, generator=gen, dtype=torch.float64)
+        v_frozen = torch.randn(dim, generator=gen, dtype=torch.float64)
+        dv = torch.randn(dim, generator=gen, dtype=torch.float64)
+        v_trained = v_frozen + dv * (d2 / (c * (dv ** 2).sum())).sqrt()
+        mu_p, mu_q = a * x_t + b * v_trained, a * x_t + b * v_frozen
+        if draw is None:
+            x = sample_step(x_t.expand(n, dim), v_frozen.expand(n, dim), t, s, sampler=sampler, generator=gen)
+        else:
+            x = draw(x_t, v_frozen, n, gen).double()
+        log_ratio = (((x - mu_q) ** 2).sum(1) - ((x - mu_p) ** 2).sum(1)) / (2 * var)
+        for name in names:
+            vals = get_divergence(name).f(log_ratio.exp())
+            exact = float(gaussian_divergence(name, torch.tensor(d2)))
+            rows.append({"sampler": sampler, "divergence": name, "delta2": float(d2), "estimate": float(vals.mean()),
+                         "se": float(vals.std() / n ** 0.5), "exact": exact})
+    return rows
+
+
+def diffusers_renoise_draw(shift: float = 1.0, t: float = 0.5, s: float = 0.45):
+    """A ``draw`` for :func:`monte_carlo_divergences`: diffusers' ``FlowMatchEulerDiscreteScheduler`` with
+    ``stochastic_sampling=True`` taking one step from noise level t to s (set through its sigmas)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    def draw(x_t, v, n, gen):
+        sched = FlowMatchEulerDiscreteScheduler(shift=shift, stochastic_sampling=True)
+        sched.set_timesteps(sigmas=[t, s])
+        sched.sigmas = torch.tensor([t, s, 0.0])   # exactly these levels, whatever the shift
+        sched._step_index = 0
+        x = x_t.float().expand(n, -1).contiguous()
+        return sched.step(v.float().expand(n, -1).contiguous(), sched.timesteps[0], x, generator=gen).prev_sample
+    return draw
+
+
+def parameterisation_table(ddpm_scheduler, schedule: FlowSchedule, noise_level: float = 0.5) -> list:
+    """One row per parameterisation: the model family, what the network outputs, δ² of one reverse step
+    as a formula, and the factor at the timestep whose noise level (σ of x_t: √(1−ᾱ) for DDPM, t for flow)
+    is nearest ``noise_level``."""
+    from .reverse_step import delta2_factor as ddpm_c
+    from .reverse_step import epsilon_scale
+
+    abar = torch.as_tensor(ddpm_scheduler.alphas_cumprod, dtype=torch.float64)
+    k = int(((1 - abar).sqrt() - noise_level).abs().argmin())
+    kt = torch.tensor([k])
+    rows = []
+    for kind, out, formula in (("epsilon", "ε", r"c_t\,\|\Delta\varepsilon\|^2"),
+                               ("v_prediction", "v = √ᾱ ε − √(1−ᾱ) x₀", r"c_t\,\bar\alpha_t\,\|\Delta v\|^2"),
+                               ("sample", "x₀", r"c_t\,\frac{\bar\alpha_t}{1-\bar\alpha_t}\,\|\Delta x_0\|^2")):
+        sched = type(ddpm_scheduler).from_config(ddpm_scheduler.config, prediction_type=kind)
+        factor = float(ddpm_c(sched, kt) * epsilon_scale(sched, kt).double() ** 2)
+        rows.append({"family": "DDPM (SD 1.x/2.x, SDXL)", "output": out, "delta2": formula, "timestep": k,
+                     "noise_level": float((1 - abar[k]).sqrt()), "factor": factor})
+    sig = schedule.sigma(torch.arange(schedule.config["num_train_timesteps"]))
+    j = int((sig - noise_level).abs().argmin())
+    t, s = schedule.step_times(torch.tensor([j]))
+    c = float(delta2_factor(t, s, "posterior"))
+    tt = float(t)
+    for out, formula, scale in (("v = ε − x₀", r"c\,\|\Delta v\|^2", 1.0),
+                                ("ε (v = (ε − x_t)/(1−t))", r"\frac{c}{(1-t)^2}\,\|\Delta\varepsilon\|^2",
+                                 1 / (1 - tt) ** 2),
+                                ("x₀ (v = (x_t − x₀)/t)", r"\frac{c}{t^2}\,\|\Delta x_0\|^2", 1 / tt ** 2)):
+        rows.append({"family": "flow matching (SD3, FLUX)", "output": out, "delta2": formula, "timestep": j,
+                     "noise_level": tt, "factor": c * scale})
+    return rows

@@ -15,6 +15,7 @@ NB03 = "03_local_convergence"
 NB04 = "04_toy2d_unlearning"
 NB05 = "05_digits_unlearning"
 NB06 = "06_stable_diffusion_unlearning"
+NB08 = "08_flow_matching_and_model_families"
 NB07 = "07_baselines_and_sequential_erasure"
 
 #: notebook -> (top-level result keys, verdict keys) that the report reads; a key ending in "?"
@@ -46,6 +47,8 @@ SCHEMA = {
             "variational_spread_shrinks_with_batch")),
     NB06: (("comparisons",), ()),
     NB07: (("methods", "sequence"), ("baselines", "sequential")),
+    NB08: (("derivation", "monte_carlo", "parameterisations", "families", "comparisons"),
+           ("hellinger_vs_mse_first_erased", "erased_by")),
 }
 
 

@@ -311,3 +311,17 @@ class FamilyDenoiser(nn.Module):
                   img_ids=img_ids).sample
         return self.pipe._unpack_latents(out, h * self.pipe.vae_scale_factor, w * self.pipe.vae_scale_factor,
                                          self.pipe.vae_scale_factor)
+
+
+def describe(pipe) -> dict:
+    """What ``--params kv`` trains in a pipeline, and its sizes: for the families table."""
+    family = family_of(pipe)
+    net = denoiser_of(pipe)
+    kv = select(pipe, "kv")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return {"family": family, "pipeline": FAMILIES[family], "denoiser": type(net).__name__,
+            "output": prediction_type(pipe), "denoiser_parameters": sum(p.numel() for p in net.parameters()),
+            "text_encoders": [type(getattr(pipe, n)).__name__ for n in text_encoder_names(pipe)],
+            "kv_tensors": len(kv), "kv_parameters": sum(p.numel() for p in kv.values()),
+            "kv_example": sorted({n.rsplit(".", 2)[-2] for n in kv})}

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import world
+from .pipeline import save_pipeline
 
 SHIPPED = Path(__file__).resolve().parent / "data" / "mini_flow"
 
@@ -213,7 +214,7 @@ def build(folder, recipe: FlowRecipe | None = None, progress: bool = True, log=p
                                                                       work / "transformer.ckpt", progress))
 
     def write_pipeline(d):
-        pipe.save_pretrained(str(d))
+        save_pipeline(pipe, d)
         for sub in ("tokenizer", "tokenizer_2"):
             for name in ("vocab.json", "merges.txt"):
                 shutil.copy(work / "mini" / "pipeline" / "tokenizer" / name, d / sub / name)
@@ -248,7 +249,7 @@ def ship(build_folder, target: Path = SHIPPED, extra: dict | None = None) -> dic
     pipe = StableDiffusion3Pipeline.from_pretrained(str(build_folder / "pipeline"), local_files_only=True)
 
     def write_all(d):
-        pipe.to(torch.float16).save_pretrained(str(d / "pipeline"))
+        save_pipeline(pipe.to(torch.float16), d / "pipeline")
         for sub in ("tokenizer", "tokenizer_2"):
             for name in ("vocab.json", "merges.txt"):
                 shutil.copy(build_folder / "pipeline" / sub / name, d / "pipeline" / sub / name)
@@ -275,7 +276,7 @@ def write(folder, source: Path = SHIPPED) -> Path:
                                                     local_files_only=True)
 
     def write_pipeline(d):
-        pipe.save_pretrained(str(d))
+        save_pipeline(pipe, d)
         for sub in ("tokenizer", "tokenizer_2"):
             for name in ("vocab.json", "merges.txt"):
                 shutil.copy(source / "pipeline" / sub / name, d / sub / name)

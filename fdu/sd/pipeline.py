@@ -185,6 +185,19 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, device: str
     return pipe.to(device)
 
 
+def save_pipeline(pipe, folder):
+    """``pipe.save_pretrained(folder)`` without diffusers' warning for each component saved as absent (SD3
+    without T5: "text_encoder_3=None ... cannot be saved"), which ``load_pipeline`` restores as absent."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        pipe.save_pretrained(str(folder))
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
 def _model_index(model: str, path: Path, looks_local: bool, local_files_only: bool) -> dict:
     """The pipeline's model_index.json (a folder's, or a hub id's from the cache or the hub)."""
     if looks_local:

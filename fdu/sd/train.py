@@ -372,9 +372,11 @@ def _write_outputs(cfg: RunConfig, out: Path, params: dict, pipe, summary: dict,
     from safetensors.torch import save_file
 
     if acc.is_main_process:
+        from .pipeline import save_pipeline
+
         save_file({n: p.detach().float().cpu().contiguous() for n, p in params.items()},
                   str(out / "unlearned.safetensors"), metadata={"fdu": json.dumps(asdict(cfg))})
-        pipe.save_pretrained(str(out / "pipeline"))
+        save_pipeline(pipe, out / "pipeline")
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     acc.wait_for_everyone()
     return summary

@@ -57,7 +57,7 @@ def test_esd_and_f_esd_through_the_command_line(tiny, tmp_path):
     from fdu.sd.train import Denoiser, select_parameters
 
     pipe = load_pipeline(str(tiny))
-    esd_u = select_parameters(Denoiser(pipe.unet, pipe.text_encoder, pipe.tokenizer), "non_cross_attention")
+    esd_u = select_parameters(Denoiser(pipe), "non_cross_attention")
     assert esd_u and not any(".attn2." in n for n in esd_u) and len(esd_u) > 10
     cache = tmp_path / "cache"
     runs = {"f-esd-x": ("cross_attention", "squared_hellinger")}

@@ -235,7 +235,7 @@ def main(argv=None) -> int:
                 folder = mini_flow.train(args.folder, progress=not args.quiet)
                 if args.ship:
                     mini_flow.ship(folder, extra=json.loads((folder / "manifest.json").read_text()))
-                    print("shipped to", mini_flow.SHIPPED)
+                    print("shipped to", mini_flow.SHIPPED, "; measured:", json.dumps(mini_flow.measure_shipped()))
             else:
                 folder = mini_flow.write(args.folder)
             print(f"wrote the mini flow-matching model to {folder / 'pipeline'}, the mini CLIP to {folder / 'clip'} "

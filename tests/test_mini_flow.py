@@ -78,8 +78,9 @@ def test_an_interrupted_build_resumes_to_the_same_transformer(tmp_path, monkeypa
 def test_cli_erases_van_gogh_from_the_flow_model_with_squared_hellinger(flow_dir, tmp_path):
     out = tmp_path / "vangogh"
     assert main(["unlearn", "--model", str(flow_dir / "pipeline"), "--target", "van gogh", "--anchor", "painting",
-                 "--divergence", "squared_hellinger", "--steps", "80", "--lr", "2e-3", "--max-anchor-images", "40",
-                 "--anchor-batch-size", "40", "--anchor-steps", "12", "--output", str(out), "--quiet"]) == 0
+                 "--divergence", "squared_hellinger", "--normalization", "reverse_step", "--steps", "80",
+                 "--lr", "5e-4", "--max-anchor-images", "40", "--anchor-batch-size", "40", "--anchor-steps", "12",
+                 "--output", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["family"] == "sd3" and summary["prediction_type"] == "flow"
     assert main(["evaluate", "--model", str(flow_dir / "pipeline"), "--unlearned", str(out), "--concept", "van gogh",

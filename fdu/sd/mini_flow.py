@@ -292,3 +292,23 @@ def write(folder, source: Path = SHIPPED) -> Path:
     mini.write_prompt_files(folder)
     (folder / "manifest.json").write_text(json.dumps(mini.manifest(source), indent=1))
     return folder
+
+
+def measure_shipped(source: Path = SHIPPED, **quality_options) -> dict:
+    """Materialise the shipped model, measure its samples with :func:`fdu.sd.mini.quality` (judged by the
+    mini CLIP), and record them in the manifest."""
+    import tempfile
+
+    from . import mini
+    from .evaluate import load_clip
+    from .pipeline import load_pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write(tmp, source)
+        pipe = load_pipeline(str(folder / "pipeline"), progress=False)
+        clip, processor = load_clip(str(folder / "clip"))
+        q = mini.quality(pipe, clip, processor, **quality_options)
+    info = mini.manifest(source)
+    info["quality"] = {"samples": q["samples"]}
+    (Path(source) / mini.MANIFEST).write_text(json.dumps(info, indent=1))
+    return info["quality"]

@@ -129,3 +129,21 @@ def test_an_unsupported_pipeline_family_is_named_with_the_supported_ones(tiny_fa
     with pytest.raises(SystemExit):
         main(["tiny-pipeline", str(tmp_path / "x"), "--family", "kandinsky"])
     assert "invalid choice: 'kandinsky'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ("sdxl", "sd3", "flux"))
+def test_a_hub_id_in_the_local_cache_loads_with_its_family(family, tiny_family, tmp_path, monkeypatch):
+    """What a GPU user passes: a hub id, resolved offline from the hub cache (laid out as huggingface_hub does)."""
+    import huggingface_hub.constants as hub
+
+    from fdu.sd.families import family_of
+    from fdu.sd.pipeline import ModelNotAvailableError, load_pipeline
+
+    repo = tmp_path / f"models--fdu-test--tiny-{family}"
+    shutil.copytree(tiny_family(family), repo / "snapshots" / ("0" * 40), ignore=shutil.ignore_patterns("clip"))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    assert family_of(load_pipeline(f"fdu-test/tiny-{family}", local_files_only=True, progress=False)) == family
+    with pytest.raises(ModelNotAvailableError, match="not in the local hub cache"):
+        load_pipeline("fdu-test/absent", local_files_only=True, progress=False)

@@ -97,31 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sample-size", type=int, default=None,
                    help="latent size (sd: images 8x larger, default 8; the other families: 2x, default 16)")
     t.add_argument("--seed", type=int, default=0)
-    f = sub.add_parser("mini-flow", help="write the trained mini flow-matching model (SD3 format), its CLIP and "
-                       "prompt files to a folder",
-                       description="Write DIR/pipeline (a StableDiffusion3Pipeline, flow matching, trained on fdu's "
-                                   "procedural world), DIR/clip (the mini CLIP) and DIR/eval, from the weights "
-                                   "shipped with fdu; --train rebuilds the transformer from scratch instead.")
-    f.add_argument("folder")
-    f.add_argument("--train", action="store_true",
-                   help="retrain the transformer from scratch (about 25 minutes on 2 CPU cores, 38 on one; "
-                        "resumable: rerun the same command after an interruption)")
-    f.add_argument("--ship", action="store_true",
-                   help="with --train: then copy the result into the package (fdu/sd/data/mini_flow, fp16)")
-    f.add_argument("--quiet", action="store_true", help="no progress bars")
-    m = sub.add_parser("mini-sd", help="write the trained mini Stable Diffusion, its CLIP and prompt files to a folder",
-                       description="Write DIR/pipeline (a StableDiffusionPipeline trained on fdu's procedural "
-                                   "world of shapes, colours and painters' styles), DIR/clip (its CLIP) and "
-                                   "DIR/eval (evaluation prompts + concepts.json), from the weights shipped "
-                                   "with fdu; --train rebuilds them from scratch instead.")
-    m.add_argument("folder")
-    m.add_argument("--train", action="store_true",
-                   help="retrain everything from scratch (about 35-45 minutes on a 2-core CPU; resumable: "
-                        "rerun the same command after an interruption)")
-    m.add_argument("--ship", action="store_true",
-                   help="with --train: then copy the result into the package (fdu/sd/data/mini, fp16) with a "
-                        "manifest of the recipe, the build time and the measured quality")
-    m.add_argument("--quiet", action="store_true", help="no progress bars")
+    for name, what, description, train_help, shipped in (
+            ("mini-sd", "the trained mini Stable Diffusion",
+             "Write DIR/pipeline (a StableDiffusionPipeline trained on fdu's procedural world of shapes, colours and "
+             "painters' styles), DIR/clip (its CLIP) and DIR/eval (evaluation prompts + concepts.json), from the "
+             "weights shipped with fdu; --train rebuilds them from scratch instead.",
+             "retrain everything from scratch (about 35-45 minutes on a 2-core CPU", "mini"),
+            ("mini-flow", "the trained mini flow-matching model (SD3 format)",
+             "Write DIR/pipeline (a StableDiffusion3Pipeline, flow matching, trained on fdu's procedural world), "
+             "DIR/clip (the mini CLIP) and DIR/eval, from the weights shipped with fdu; --train rebuilds the "
+             "transformer from scratch instead.",
+             "retrain the transformer from scratch (about 35 minutes on one CPU core", "mini_flow")):
+        m = sub.add_parser(name, help=f"write {what}, its CLIP and prompt files to a folder", description=description)
+        m.add_argument("folder")
+        m.add_argument("--train", action="store_true",
+                       help=train_help + "; resumable: rerun the same command after an interruption)")
+        m.add_argument("--ship", action="store_true",
+                       help=f"with --train: then copy the result into the package (fdu/sd/data/{shipped}, fp16) with "
+                            "a manifest of the recipe, the build time and the measured quality")
+        m.add_argument("--quiet", action="store_true", help="no progress bars")
     sub.add_parser("divergences", help="list the divergences")
     return parser
 
@@ -226,34 +220,22 @@ def main(argv=None) -> int:
             build_tiny_clip(Path(args.folder) / "clip", seed=args.seed)
             print(f"wrote a tiny {args.family} pipeline to {args.folder} (random weights: its images are noise) "
                   f"and a tiny CLIP to {Path(args.folder) / 'clip'}")
-        elif args.command == "mini-flow":
-            from .sd import mini_flow
+        elif args.command in ("mini-sd", "mini-flow"):
+            from .sd import mini, mini_flow
 
+            module, what = ((mini, "the mini Stable Diffusion") if args.command == "mini-sd" else
+                            (mini_flow, "the mini flow-matching model"))
             if args.ship and not args.train:
                 raise ValueError("--ship copies a fresh build into the package: use it with --train")
             if args.train:
-                folder = mini_flow.train(args.folder, progress=not args.quiet)
+                folder = module.train(args.folder, progress=not args.quiet)
                 if args.ship:
-                    mini_flow.ship(folder, extra=json.loads((folder / "manifest.json").read_text()))
-                    print("shipped to", mini_flow.SHIPPED, "; measured:", json.dumps(mini_flow.measure_shipped()))
+                    module.ship(folder, extra=json.loads((folder / "manifest.json").read_text()))
+                    print("shipped to", module.SHIPPED, "; measured:", json.dumps(module.measure_shipped()))
             else:
-                folder = mini_flow.write(args.folder)
-            print(f"wrote the mini flow-matching model to {folder / 'pipeline'}, the mini CLIP to {folder / 'clip'} "
-                  f"and evaluation prompts to {folder / 'eval'}")
-        elif args.command == "mini-sd":
-            from .sd import mini
-
-            if args.ship and not args.train:
-                raise ValueError("--ship copies a fresh build into the package: use it with --train")
-            if args.train:
-                folder = mini.train(args.folder, progress=not args.quiet)
-                if args.ship:
-                    mini.ship(folder, extra=json.loads((folder / "manifest.json").read_text()))
-                    print("shipped to", mini.SHIPPED, "; measured:", json.dumps(mini.measure_shipped()))
-            else:
-                folder = mini.write(args.folder)
-            print(f"wrote the mini Stable Diffusion to {folder / 'pipeline'}, its CLIP to {folder / 'clip'} and "
-                  f"evaluation prompts to {folder / 'eval'}")
+                folder = module.write(args.folder)
+            print(f"wrote {what} to {folder / 'pipeline'}, the mini CLIP to {folder / 'clip'} and evaluation "
+                  f"prompts to {folder / 'eval'}")
         elif args.command == "divergences":
             from .divergences import DIVERGENCES
 

@@ -20,7 +20,6 @@ import copy
 import json
 import random
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -115,7 +114,7 @@ def _encode(pipe, prompts, recipe: FlowRecipe):
 def train_transformer(pipe, latents, items, recipe: FlowRecipe, ckpt: Path, progress=True):
     """The flow-matching objective on the latents; resumes from ``ckpt``; returns the EMA transformer."""
     from ..flow import FlowSchedule
-    from .mini_train import _atomic_save, _bar, _ema_update, _schedule
+    from .mini_train import _bar, _ema_update, _schedule, resume_stage, save_stage
 
     torch.manual_seed(recipe.seed + 21)
     model = pipe.transformer.train()
@@ -125,16 +124,7 @@ def train_transformer(pipe, latents, items, recipe: FlowRecipe, ckpt: Path, prog
     flow = FlowSchedule(1000, recipe.shift)
     gen = torch.Generator().manual_seed(recipe.seed + 21)
     rng = random.Random(recipe.seed + 21)
-    step = 0
-    if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"])
-        rng.setstate(state["rng"])
-        step = state["step"]
+    step = resume_stage(ckpt, gen, rng, model=model, ema=ema, opt=opt, sched=sched)
     bar = _bar(recipe.steps, "MMDiT (flow matching)", progress)
     bar.update(step)
     while step < recipe.steps:
@@ -157,9 +147,7 @@ def train_transformer(pipe, latents, items, recipe: FlowRecipe, ckpt: Path, prog
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % recipe.checkpoint_every == 0 or step == recipe.steps:
-            _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                          "sched": sched.state_dict(), "gen": gen.get_state(), "rng": rng.getstate(),
-                          "step": step}, ckpt)
+            save_stage(ckpt, step, gen, rng, model=model, ema=ema, opt=opt, sched=sched)
     bar.close()
     return ema.eval()
 
@@ -170,24 +158,11 @@ def build(folder, recipe: FlowRecipe | None = None, progress: bool = True, log=p
     from diffusers import StableDiffusionPipeline
 
     from . import mini
-    from .mini_train import _atomic_dir
+    from .mini_train import _atomic_dir, workspace
 
     recipe = recipe or FlowRecipe()
     folder = Path(folder)
-    work = folder / "build"
-    work.mkdir(parents=True, exist_ok=True)
-    saved = work / "recipe.json"
-    if saved.is_file() and json.loads(saved.read_text()) != json.loads(json.dumps(asdict(recipe))):
-        raise FileExistsError(f"{work} holds a build with another recipe: remove it or choose another folder")
-    saved.write_text(json.dumps(asdict(recipe), indent=1))
-    timings = json.loads((work / "timings.json").read_text()) if (work / "timings.json").is_file() else {}
-
-    def timed(name, fn):
-        t0 = time.time()
-        out = fn()
-        timings[name] = round(timings.get(name, 0) + time.time() - t0, 1)
-        (work / "timings.json").write_text(json.dumps(timings, indent=1))
-        return out
+    work, timings, timed = workspace(folder, recipe)
 
     if not (work / "mini" / "pipeline").is_dir():
         mini.write(work / "mini")

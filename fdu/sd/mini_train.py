@@ -269,6 +269,24 @@ def train_vae(images, recipe: Recipe, progress=True):
     return vae, z * vae.config.scaling_factor
 
 
+def save_stage(ckpt: Path, step: int, gen, rng, **stateful):
+    """A stage's checkpoint: every object's state_dict by its name, the generator, the random state, the step."""
+    _atomic_save({**{k: v.state_dict() for k, v in stateful.items()}, "gen": gen.get_state(),
+                  "rng": rng.getstate(), "step": step}, ckpt)
+
+
+def resume_stage(ckpt: Path, gen, rng, **stateful) -> int:
+    """Restore what :func:`save_stage` wrote into the same objects; the step to continue from (0 without one)."""
+    if not ckpt.is_file():
+        return 0
+    state = torch.load(ckpt, weights_only=False)
+    for key, obj in stateful.items():
+        obj.load_state_dict(state[key])
+    gen.set_state(state["gen"])
+    rng.setstate(state["rng"])
+    return state["step"]
+
+
 def _ema_update(ema, model, decay):
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
@@ -304,16 +322,7 @@ def train_unet(latents, items, tokenizer, clip, recipe: Recipe, ckpt: Path, prog
     T = noise.config.num_train_timesteps
     gen = torch.Generator().manual_seed(recipe.seed + (3 if phase == 1 else 13))
     rng = random.Random(recipe.seed + (3 if phase == 1 else 13))
-    step = 0
-    if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
-        models.load_state_dict(state["models"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"])
-        rng.setstate(state["rng"])
-        step = state["step"]
+    step = resume_stage(ckpt, gen, rng, models=models, ema=ema, opt=opt, sched=sched)
     bar = _bar(total, f"UNet (phase {phase})", progress)
     bar.update(step)
     while step < total:
@@ -339,22 +348,16 @@ def train_unet(latents, items, tokenizer, clip, recipe: Recipe, ckpt: Path, prog
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % recipe.checkpoint_every == 0 or step == total:
-            _atomic_save({"models": models.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                          "sched": sched.state_dict(), "gen": gen.get_state(), "rng": rng.getstate(),
-                          "step": step}, ckpt)
+            save_stage(ckpt, step, gen, rng, models=models, ema=ema, opt=opt, sched=sched)
     bar.close()
     return ema[0].eval(), ema[1].eval()
 
 
-def build(folder, recipe: Recipe | None = None, progress: bool = True, log=print) -> dict:
-    """Run every stage into ``folder`` (resuming finished stages); writes ``folder/pipeline`` and
-    ``folder/clip`` at the end, and ``folder/build/recipe.json`` + ``timings.json``."""
-    from diffusers import StableDiffusionPipeline
-    from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    recipe = recipe or Recipe()
-    folder = Path(folder)
-    work = folder / "build"
+def workspace(folder, recipe) -> tuple:
+    """(folder/build, its timings dict, timed(name, fn)) for a resumable build: the recipe is saved there, and
+    a build folder holding another recipe is refused; ``timed`` runs a stage and adds its seconds to
+    timings.json."""
+    work = Path(folder) / "build"
     work.mkdir(parents=True, exist_ok=True)
     saved = work / "recipe.json"
     if saved.is_file() and json.loads(saved.read_text()) != json.loads(json.dumps(asdict(recipe))):
@@ -368,6 +371,17 @@ def build(folder, recipe: Recipe | None = None, progress: bool = True, log=print
         timings[name] = round(timings.get(name, 0) + time.time() - t0, 1)
         (work / "timings.json").write_text(json.dumps(timings, indent=1))
         return out
+    return work, timings, timed
+
+
+def build(folder, recipe: Recipe | None = None, progress: bool = True, log=print) -> dict:
+    """Run every stage into ``folder`` (resuming finished stages); writes ``folder/pipeline`` and
+    ``folder/clip`` at the end, and ``folder/build/recipe.json`` + ``timings.json``."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    recipe = recipe or Recipe()
+    work, timings, timed = workspace(folder, recipe)
 
     torch.manual_seed(recipe.seed)
     items = world.sample_items(recipe.n_images, seed=recipe.seed)

@@ -175,14 +175,17 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, device: str
                 "mini-sd DIR`, `python -m fdu tiny-pipeline DIR`) or copy it again") from err
         if not isinstance(err, (OSError, ValueError)):
             raise
-        raise ModelNotAvailableError(
-            f"cannot load {model!r}: it is not a local folder and not in the local hub cache"
-            f"{' (offline: HF_HUB_OFFLINE=1)' if local_files_only else ''}. Download it once on a machine "
-            "with access (`huggingface-cli download ID`) and pass the folder, or build a tiny pipeline "
-            f"for a CPU check with `python -m fdu tiny-pipeline DIR`. ({type(err).__name__}: {str(err)[:200]})"
-        ) from err
+        raise _not_in_cache(model, local_files_only, err) from err
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _not_in_cache(model: str, local_files_only: bool, err: Exception) -> ModelNotAvailableError:
+    return ModelNotAvailableError(
+        f"cannot load {model!r}: it is not a local folder and not in the local hub cache"
+        f"{' (offline: HF_HUB_OFFLINE=1)' if local_files_only else ''}. Download it once on a machine "
+        "with access (`huggingface-cli download ID`) and pass the folder, or build a tiny pipeline "
+        f"for a CPU check with `python -m fdu tiny-pipeline DIR`. ({type(err).__name__}: {str(err)[:200]})")
 
 
 def save_pipeline(pipe, folder):
@@ -210,12 +213,7 @@ def _model_index(model: str, path: Path, looks_local: bool, local_files_only: bo
     try:
         return dict(DiffusionPipeline.load_config(model, local_files_only=local_files_only))
     except (OSError, ValueError) as err:
-        raise ModelNotAvailableError(
-            f"cannot load {model!r}: it is not a local folder and not in the local hub cache"
-            f"{' (offline: HF_HUB_OFFLINE=1)' if local_files_only else ''}. Download it once on a machine "
-            "with access (`huggingface-cli download ID`) and pass the folder, or build a tiny pipeline "
-            f"for a CPU check with `python -m fdu tiny-pipeline DIR`. ({type(err).__name__}: {str(err)[:200]})"
-        ) from err
+        raise _not_in_cache(model, local_files_only, err) from err
 
 
 def prediction_type(pipe) -> str:

@@ -221,7 +221,8 @@ def ship(build_folder, target: Path = SHIPPED, extra: dict | None = None) -> dic
     from .mini_train import _atomic_dir
 
     build_folder = Path(build_folder)
-    pipe = StableDiffusion3Pipeline.from_pretrained(str(build_folder / "pipeline"), local_files_only=True)
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(build_folder / "pipeline"), local_files_only=True,
+                                                    text_encoder_3=None, tokenizer_3=None)
 
     def write_all(d):
         save_pipeline(pipe.to(torch.float16), d / "pipeline")
@@ -248,7 +249,7 @@ def write(folder, source: Path = SHIPPED) -> Path:
     source = Path(source)
     mini.verify(source)
     pipe = StableDiffusion3Pipeline.from_pretrained(str(source / "pipeline"), dtype=torch.float32,
-                                                    local_files_only=True)
+                                                    local_files_only=True, text_encoder_3=None, tokenizer_3=None)
 
     def write_pipeline(d):
         save_pipeline(pipe, d)

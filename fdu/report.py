@@ -708,6 +708,11 @@ def _claim14(R):
     if v["verdict"] != "inconclusive":
         text += (f"; squared Hellinger vs KL at first erasure: drift ratio {v['drift_ratio']:.3g}, lower drift in "
                  f"{v['a_lower_drift']} of {v['pairs']} seeds, lower KID in {v['a_lower_kid']} ({v['verdict']})")
+    true = r.get("true_delta2", {}).get("verdict", {}).get("hellinger_vs_mse_first_erased")
+    if true and true["verdict"] != "inconclusive":
+        text += (f". With the flow's own δ² (normalization reverse_step, seeds {r['true_delta2']['seeds']}): drift "
+                 f"ratio {true['drift_ratio']:.3g}, Hellinger lower in {true['a_lower_drift']} of {true['pairs']} "
+                 f"({true['verdict'].replace('a better', 'Hellinger better').replace('b better', 'KL better')})")
     text += _source(NB08)
     sd = R.get(NB06, {}).get("comparisons", {}).get("verdict", {}).get("hellinger_vs_mse_first_erased")
     name = "mini-flow" if r.get("model") == "mini-flow" else model
@@ -717,6 +722,8 @@ def _claim14(R):
         text += f"; on the mini Stable Diffusion (ε-UNet, notebook 06): {sd['verdict']}"
         status = (f"{name}: the mini-SD ordering holds ({v['verdict']} on both)" if sd["verdict"] == v["verdict"] else
                   f"{name}: the mini-SD ordering does not hold ({v['verdict']} here, {sd['verdict']} on the mini SD)")
+    if true and true["verdict"] in ("a better", "b better"):
+        status += f"; with the flow's own δ²: {'Hellinger' if true['verdict'] == 'a better' else 'KL'} better"
     return text, f"exact (sampled steps); tiny pipelines; {name}", f"{status}; SD 1.x/XL/SD3/FLUX: not checkable here"
 
 

@@ -147,3 +147,25 @@ def test_a_hub_id_in_the_local_cache_loads_with_its_family(family, tiny_family, 
     assert family_of(load_pipeline(f"fdu-test/tiny-{family}", local_files_only=True, progress=False)) == family
     with pytest.raises(ModelNotAvailableError, match="not in the local hub cache"):
         load_pipeline("fdu-test/absent", local_files_only=True, progress=False)
+
+
+def test_a_flow_family_trains_in_two_processes(tiny_family, tmp_path):
+    """accelerate launch with two CPU processes (gloo) on the tiny FLUX: packed latents, the flow schedule
+    and the gradient averaging of the loop together."""
+    import os
+    import subprocess
+    import sys
+
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    out = tmp_path / "two"
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "-m", "fdu", "unlearn", "--model", str(tiny_family("flux")), "--target",
+           "van gogh", "--anchor", "painting", "--output", str(out), "--steps", "2", "--batch-size", "1",
+           "--gradient-accumulation-steps", "1", "--anchor-steps", "2", "--resolution", "32",
+           "--normalization", "reverse_step", "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["family"] == "flux" and summary["anchor_images"] == 4
+    assert _load("flux", out / "pipeline").transformer is not None

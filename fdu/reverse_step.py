@@ -32,7 +32,8 @@ def _schedule(scheduler, t: torch.Tensor):
     abar = getattr(scheduler, "alphas_cumprod", None)
     if abar is None:
         raise ValueError(f"{type(scheduler).__name__} has no alphas_cumprod: the reverse-step δ² is defined "
-                         "for DDPM-family schedules (DDPM, DDIM, PNDM, Euler, DPM-Solver)")
+                         "for DDPM-family schedules (DDPM, DDIM, PNDM, Euler, DPM-Solver); a flow-matching "
+                         "schedule's is output_delta2_factor's (fdu.flow)")
     abar = torch.as_tensor(abar).to(torch.float64)
     t = torch.as_tensor(t).cpu().long()
     if bool((t < 0).any()) or bool((t >= len(abar)).any()):
@@ -86,12 +87,8 @@ def reverse_mean(scheduler, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tenso
 def delta2_factor(scheduler, t: torch.Tensor, variance: str = "posterior") -> torch.Tensor:
     """c_t = β_t² / (σ_t² α_t (1−ᾱ_t)), per timestep (float64): δ² = c_t ‖Δε‖² between the two
     reverse steps t → t−1 at a fixed x_t. ``variance``: ``"posterior"`` (σ_t² = β̃_t) or ``"beta"``
-    (σ_t² = β_t); at t = 0 both use β_0 (see the module docstring). A flow-matching schedule
-    (:class:`fdu.flow.FlowSchedule`) gives its own c with δ² = c ‖Δv‖² (:mod:`fdu.flow`)."""
-    from .flow import is_flow
-
-    if is_flow(scheduler):
-        return scheduler.delta2_factor(t, variance)
+    (σ_t² = β_t); at t = 0 both use β_0 (see the module docstring). For a flow-matching schedule use
+    :func:`output_delta2_factor` (δ² = c ‖Δv‖², :mod:`fdu.flow`)."""
     var = reverse_variance(scheduler, t, variance)
     abar, prev = _schedule(scheduler, t)
     alpha = abar / prev

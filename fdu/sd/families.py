@@ -126,14 +126,19 @@ def groups_help() -> str:
             f"embedding: {EMBEDDING}")
 
 
-def _group_predicate(family: str, group: str):
-    from ..layers import is_attention, is_cross_attention, is_cross_attention_kv
-
+def check_group(family: str, group: str):
+    """ValueError, naming the family's groups, when ``group`` does not exist in its architecture."""
     if group not in groups_of(family):
         kind = "an MMDiT (SD3, FLUX): its text enters through joint attention" if is_flow(family) else \
             "a UNet (SD 1.x/2.x, SDXL)"
         raise ValueError(f"the parameter group {group!r} does not exist in {family!r}, {kind}; its groups are "
                          f"{', '.join(groups_of(family))}")
+
+
+def _group_predicate(family: str, group: str):
+    from ..layers import is_attention, is_cross_attention, is_cross_attention_kv
+
+    check_group(family, group)
     if not is_flow(family):
         return {"kv": is_cross_attention_kv, "attention": is_attention, "cross_attention": is_cross_attention,
                 "non_cross_attention": lambda name: not is_cross_attention(name)}.get(group, lambda name: True)
@@ -222,17 +227,20 @@ def unpack(pipe, latents: torch.Tensor, height: int, width: int) -> torch.Tensor
     return pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
 
 
+def _vae_shift(pipe):
+    """The VAE's shift_factor (SD3, FLUX), or None (SD 1.x/2.x, SDXL)."""
+    return getattr(pipe.vae.config, "shift_factor", None)
+
+
 def to_vae_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
     """Model latents back to the VAE's own: / scaling_factor (+ shift_factor, SD3 and FLUX)."""
-    cfg = pipe.vae.config
-    shift = cfg.get("shift_factor", None) if hasattr(cfg, "get") else getattr(cfg, "shift_factor", None)
+    cfg, shift = pipe.vae.config, _vae_shift(pipe)
     return latents / cfg.scaling_factor + (shift or 0.0)
 
 
 def from_vae_latents(pipe, z: torch.Tensor) -> torch.Tensor:
     """The VAE's latents to the model's: (z − shift_factor) · scaling_factor (no shift for SD 1.x/2.x, SDXL)."""
-    cfg = pipe.vae.config
-    shift = cfg.get("shift_factor", None) if hasattr(cfg, "get") else getattr(cfg, "shift_factor", None)
+    cfg, shift = pipe.vae.config, _vae_shift(pipe)
     return (z - shift) * cfg.scaling_factor if shift else z * cfg.scaling_factor
 
 

@@ -98,10 +98,27 @@ def write_prompt_files(folder: Path):
         {"styles": list(world.STYLES), "objects": list(world.SHAPES), "colours": list(world.COLOURS)}, indent=1))
 
 
+def write_clip(folder: Path, source: Path = SHIPPED) -> Path:
+    """The shipped mini CLIP (fp32) as ``folder/clip``: the judge of both mini models."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    from .mini_train import _atomic_dir
+
+    clip = CLIPModel.from_pretrained(str(Path(source) / "clip"), dtype=torch.float32)
+    processor = CLIPProcessor.from_pretrained(str(Path(source) / "clip"))
+
+    def write_to(d):
+        clip.save_pretrained(str(d))
+        processor.save_pretrained(str(d))
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(Path(source) / "clip" / name, d / name)
+
+    return _atomic_dir(Path(folder) / "clip", write_to)
+
+
 def write(folder, source: Path = SHIPPED) -> Path:
     """Materialise the shipped mini model (fp32) into ``folder``: pipeline/, clip/, eval/."""
     from diffusers import StableDiffusionPipeline
-    from transformers import CLIPModel, CLIPProcessor
 
     from .mini_train import _atomic_dir
 
@@ -117,17 +134,8 @@ def write(folder, source: Path = SHIPPED) -> Path:
         for name in ("vocab.json", "merges.txt"):
             shutil.copy(source / "pipeline" / "tokenizer" / name, d / "tokenizer" / name)
 
-    clip = CLIPModel.from_pretrained(str(source / "clip"), dtype=torch.float32)
-    processor = CLIPProcessor.from_pretrained(str(source / "clip"))
-
-    def write_clip(d):
-        clip.save_pretrained(str(d))
-        processor.save_pretrained(str(d))
-        for name in ("vocab.json", "merges.txt"):
-            shutil.copy(source / "clip" / name, d / name)
-
     _atomic_dir(folder / "pipeline", write_pipeline)
-    _atomic_dir(folder / "clip", write_clip)
+    write_clip(folder, source)
     write_prompt_files(folder)
     (folder / "manifest.json").write_text(json.dumps(manifest(source), indent=1))
     return folder

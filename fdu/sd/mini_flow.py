@@ -258,13 +258,8 @@ def write(folder, source: Path = SHIPPED) -> Path:
                 shutil.copy(source / "pipeline" / sub / name, d / sub / name)
 
     _atomic_dir(folder / "pipeline", write_pipeline)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:   # the judge and prompts: the mini SD's
-        mini.write(tmp)
-        if (folder / "clip").exists():
-            shutil.rmtree(folder / "clip")
-        shutil.copytree(Path(tmp) / "clip", folder / "clip")
+    mini.verify(mini.SHIPPED)                    # the judge and the prompts: the mini SD's
+    mini.write_clip(folder)
     mini.write_prompt_files(folder)
     (folder / "manifest.json").write_text(json.dumps(mini.manifest(source), indent=1))
     return folder

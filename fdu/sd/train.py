@@ -224,15 +224,12 @@ def check_family_options(cfg: RunConfig):
     """For a local pipeline folder, before anything is loaded: its family is one fdu.sd unlearns, the
     parameter group exists in its architecture, and the method applies to it (UCE edits a UNet's
     cross-attention)."""
-    from .families import family_of_class, groups_of, read_model_index
+    from .families import check_group, family_of_class, read_model_index
 
     if not (Path(cfg.model) / "model_index.json").is_file():
         return
     family = family_of_class(read_model_index(cfg.model).get("_class_name"))
-    if cfg.group not in groups_of(family):
-        from .families import _group_predicate
-
-        _group_predicate(family, cfg.group)   # raises, naming the family's groups
+    check_group(family, cfg.group)
     if cfg.method == "uce" and family != "sd":
         raise ValueError(f"--method uce edits the cross-attention K/V of one CLIP text encoder's states (SD 1.x/2.x); "
                          f"{cfg.model} is a {family!r} pipeline: use --method ca or esd")
